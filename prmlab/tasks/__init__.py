@@ -1,0 +1,1 @@
+"""Task sources: the generated toy world, HumanEval (shipped offline), and hub datasets."""
