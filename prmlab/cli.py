@@ -1,0 +1,108 @@
+"""`prmlab <stage>`: command-line twins of the notebooks, calling the same library functions.
+
+    prmlab config     --preset tiny                 print the resolved configuration as JSON
+    prmlab label      --preset tiny --allow-execution   sample responses, execute them, binary-search line labels
+    prmlab train-prm  --preset tiny                 train the PRM on runs/<name>/labels.jsonl
+    prmlab pipeline   --preset tiny --allow-execution   every stage above, in order
+
+Every command takes ``--preset``, ``--seed``, ``--run-dir`` (default ``runs/<preset>``) and repeated
+``--set stage.field=value`` overrides (the value is parsed as JSON when it can be, e.g. ``--set labels.k=4``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from prmlab.config import PRESETS, Config, ConfigError, preset
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """``"labels.k=4"`` -> ``("labels", "k", 4)``; values are JSON when they parse, else strings."""
+    key, sep, raw = text.partition("=")
+    stage, dot, field = key.partition(".")
+    if not sep or not dot or not stage or not field:
+        raise ConfigError(f"--set expects stage.field=value (e.g. labels.k=4), got {text!r}.")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    if isinstance(value, list):
+        value = tuple(value)
+    return stage, field, value
+
+
+def build_config(name: str, seed: int, overrides: list[str]) -> Config:
+    """The preset ``name`` with ``seed`` and the ``--set`` overrides applied (validated by the dataclasses)."""
+    cfg = preset(name, seed=seed)
+    changes: dict[str, dict[str, Any]] = {}
+    for text in overrides:
+        stage, field, value = parse_override(text)
+        if not hasattr(cfg, stage) or not hasattr(getattr(cfg, stage), field):
+            raise ConfigError(f"--set {text!r}: the config has no field {stage}.{field}.")
+        changes.setdefault(stage, {})[field] = value
+    try:
+        return cfg.replace(**changes)
+    except TypeError as e:
+        raise ConfigError(f"--set: {e}.") from e
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--preset", default="tiny", choices=PRESETS, help="configuration preset (default: tiny)")
+    common.add_argument("--seed", type=int, default=0, help="global seed (default: 0)")
+    common.add_argument("--run-dir", type=Path, default=None, help="run directory (default: runs/<preset>)")
+    common.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.FIELD=VALUE",
+                        help="override one config field, e.g. --set labels.k=4 (repeatable)")
+    execution = argparse.ArgumentParser(add_help=False)
+    execution.add_argument("--allow-execution", action="store_true",
+                           help="allow running model-generated code in prmlab's sandbox (see docs/safety.md)")
+    parser = argparse.ArgumentParser(prog="prmlab", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("config", parents=[common], help="print the resolved configuration")
+    sub.add_parser("label", parents=[common, execution], help="sample, execute and label responses line by line")
+    sub.add_parser("train-prm", parents=[common], help="train the process reward model on the labels")
+    sub.add_parser("pipeline", parents=[common, execution], help="run every stage in order")
+    return parser
+
+
+def _label(cfg: Config, run_dir: Path, allow_execution: bool) -> None:
+    from prmlab.labeling import run_labeling
+
+    result = run_labeling(cfg, run_dir, allow_execution=allow_execution)
+    print(f"[label] {result}")
+
+
+def _train_prm(cfg: Config, run_dir: Path) -> None:
+    from prmlab.prm import run_prm
+
+    result = run_prm(cfg, run_dir)
+    print(f"[train-prm] {result}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = build_config(args.preset, args.seed, args.overrides)
+    except ConfigError as e:
+        print(f"prmlab: {e}", file=sys.stderr)
+        return 2
+    run_dir = args.run_dir or Path("runs") / cfg.name
+    if args.command == "config":
+        print(json.dumps(cfg.to_dict(), indent=2))
+    elif args.command == "label":
+        _label(cfg, run_dir, args.allow_execution)
+    elif args.command == "train-prm":
+        _train_prm(cfg, run_dir)
+    elif args.command == "pipeline":
+        _label(cfg, run_dir, args.allow_execution)
+        _train_prm(cfg, run_dir)
+        print(f"[pipeline] done: results in {run_dir}/")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

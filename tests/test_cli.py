@@ -1,0 +1,40 @@
+"""The command line: config resolution and overrides (stages themselves are tested in their own modules)."""
+
+import json
+
+import pytest
+
+from prmlab.cli import build_config, main, parse_override
+from prmlab.config import ConfigError
+
+
+def test_parse_override_reads_json_values():
+    assert parse_override("labels.k=4") == ("labels", "k", 4)
+    assert parse_override("model.name_or_path=Qwen/X") == ("model", "name_or_path", "Qwen/X")
+    assert parse_override('labels.policies=["a","b"]') == ("labels", "policies", ("a", "b"))
+
+
+@pytest.mark.parametrize("bad", ["k=4", "labels.k", "labels.=3", ".k=3"])
+def test_bad_override_syntax(bad):
+    with pytest.raises(ConfigError, match="stage.field=value"):
+        parse_override(bad)
+
+
+def test_build_config_applies_and_validates_overrides():
+    cfg = build_config("tiny", 7, ["labels.k=4", "sampling.temperature=0.5"])
+    assert cfg.labels.k == 4 and cfg.sampling.temperature == 0.5 and cfg.seed == 7
+    with pytest.raises(ConfigError, match="LabelConfig.k"):
+        build_config("tiny", 0, ["labels.k=0"])
+    with pytest.raises(ConfigError, match="no field labels.kk"):
+        build_config("tiny", 0, ["labels.kk=3"])
+
+
+def test_config_command_prints_json(capsys):
+    assert main(["config", "--preset", "cpu-real", "--set", "labels.k=3"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["name"] == "cpu-real" and out["labels"]["k"] == 3
+
+
+def test_invalid_override_exits_2_with_message(capsys):
+    assert main(["config", "--set", "labels.k=-1"]) == 2
+    assert "LabelConfig.k" in capsys.readouterr().err

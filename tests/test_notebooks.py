@@ -1,0 +1,56 @@
+"""Every notebook executes headless on the tiny preset, and notebooks only narrate and call (no def/class)."""
+
+import ast
+import json
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+# Small knobs so each notebook runs in about a minute in CI; each notebook's parameters cell documents them.
+QUICK = {
+    "00_tour": {},
+    "01_labelling": {"N_TASKS": 24},
+    "02_prm": {},
+}
+
+
+def code_cells(path):
+    return [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, "notebooks/ has no numbered notebooks"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_has_no_definitions_and_no_outputs(path):
+    nb = nbformat.read(path, as_version=4)
+    assert nb.metadata.get("kernelspec", {}).get("name"), "papermill needs metadata.kernelspec"
+    cells = code_cells(path)
+    assert "parameters" in cells[0].metadata.get("tags", []), "first code cell must be the parameters cell"
+    assert "PROFILE" in cells[0].source
+    for cell in cells:
+        assert not cell.get("outputs") and cell.get("execution_count") is None, "commit notebooks stripped"
+        src = "\n".join(line for line in cell.source.splitlines() if not line.lstrip().startswith(("%", "!")))
+        for node in ast.walk(ast.parse(src)):
+            assert not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)), \
+                f"{path.name}: logic belongs in prmlab/, not in notebook cells"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_executes_headless_on_tiny(path, tmp_path):
+    import papermill
+
+    out_dir = ROOT / "runs" / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    params = {"PROFILE": "tiny", **QUICK.get(path.stem, {})}
+    env_dir = os.environ.get("PRMLAB_NOTEBOOK_RUN_DIR")
+    if env_dir:
+        params["RUN_DIR"] = env_dir
+    papermill.execute_notebook(str(path), str(out_dir / path.name), parameters=params, cwd=str(ROOT),
+                               kernel_name="python3", progress_bar=False)
