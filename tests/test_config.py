@@ -1,9 +1,8 @@
 """Configs: presets, JSON round trip, validation messages naming the field, documented and tagged fields."""
 
-import ast
 import dataclasses
-import inspect
 import re
+from pathlib import Path
 
 import pytest
 
@@ -71,23 +70,14 @@ def test_replace_changes_one_stage():
     assert cfg.labels.k == 4 and cfg.sampling == C.preset("tiny").sampling
 
 
-def _field_docstrings(cls) -> dict[str, str]:
-    """Attribute docstrings: the string literal right after each annotated field in the class body."""
-    tree = ast.parse(inspect.getsource(cls))
-    body = tree.body[0].body
-    docs = {}
-    for stmt, nxt in zip(body, body[1:]):
-        if isinstance(stmt, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-            docs[stmt.target.id] = nxt.value.value
-    return docs
-
-
-STAGES = [C.ModelConfig, C.TaskConfig, C.SandboxConfig, C.SamplingConfig, C.LabelConfig, C.PRMConfig]
-
-
-@pytest.mark.parametrize("cls", STAGES)
+@pytest.mark.parametrize("cls", C.STAGE_CLASSES)
 def test_every_field_has_a_tagged_docstring(cls):
-    docs = _field_docstrings(cls)
+    docs = C.field_docs(cls)
     for f in dataclasses.fields(cls):
         assert f.name in docs, f"{cls.__name__}.{f.name} has no docstring"
         assert re.search(r"\[(P|R|I)\]", docs[f.name]), f"{cls.__name__}.{f.name} docstring lacks a [P]/[R]/[I] tag"
+
+
+def test_docs_paper_map_is_current():
+    path = Path(__file__).resolve().parent.parent / "docs" / "paper_map.md"
+    assert path.read_text() == C.paper_map_markdown() + "\n", "regenerate: python -m prmlab.config > docs/paper_map.md"
