@@ -1,0 +1,269 @@
+"""Pass@1 of the toy-coder by program length, failure analysis and example samples (issue 4's acceptance check).
+
+For each eval task one completion is sampled at the preset's temperature and executed in the sandbox. Reported:
+
+* pass@1 per reference length L and per bucket (2-3, 4-7, 8-12 lines): mean of 1[passed];
+* among failures, the first line (comments and no-ops skipped) that differs from the reference:
+  line 1 -> *Wrong-like* (wrong from the start), later -> *Revised-like* (a correct prefix, then a mistake);
+  whether that first mistake is a *slip* (assigns the same variable the reference does, so a later line could still
+  re-assign it correctly, i.e. recoverable); passes that contain such a re-assignment (a mistake fixed later);
+* the share of samples with a comment line or a no-op line (``pass``, ``x = x``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prmlab.config import SamplingConfig, SandboxConfig
+from prmlab.records import Task
+
+BUCKETS: dict[str, tuple[int, int]] = {"2-3": (2, 3), "4-7": (4, 7), "8-12": (8, 12)}
+NOOP = re.compile(r"^(pass|(\w+) = \2)$")
+
+
+def sample_completions(model, tok, prompts: list[str], cfg: SamplingConfig, progress: bool = True) -> list[str]:
+    """One completion per prompt: batched ``generate`` with left padding, seeded per batch (seed + batch index)."""
+    from tqdm.auto import tqdm
+
+    tok.padding_side = "left"
+    out: list[str] = []
+    starts = range(0, len(prompts), cfg.batch_size)
+    for b, i in enumerate(tqdm(starts, desc="sampling", disable=not progress)):
+        enc = tok(prompts[i:i + cfg.batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+        torch.manual_seed(cfg.seed + b)
+        with torch.no_grad():
+            gen = model.generate(**enc, do_sample=cfg.temperature > 0, temperature=cfg.temperature or None,
+                                 top_p=cfg.top_p, top_k=0, max_new_tokens=cfg.max_new_tokens,
+                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        for row in gen[:, enc.input_ids.shape[1]:]:
+            ids = row.tolist()
+            ids = ids[:ids.index(tok.eos_token_id)] if tok.eos_token_id in ids else ids
+            out.append(tok.decode(ids, skip_special_tokens=True))
+    return out
+
+
+HARNESS = """import sys
+src = open(sys.argv[1]).read().split("\\n#@@TEST@@\\n")
+n = 0
+for test in src[1:]:
+    env = {}
+    try:
+        exec(src[0], env); exec(test, env); n += 1
+    except BaseException:
+        pass
+print("PRMLAB_RESULT", n, len(src) - 1)
+"""
+
+
+def _fallback_run(program: str, task: Task, timeout_s: float) -> bool:
+    """A minimal subprocess check (used only when prmlab.sandbox is not available): one process per program."""
+    with tempfile.TemporaryDirectory() as d:
+        f = Path(d) / "prog.py"
+        f.write_text("\n#@@TEST@@\n".join([program, *task.tests]))
+        try:
+            r = subprocess.run([sys.executable, "-I", "-c", HARNESS, str(f)], cwd=d, capture_output=True, text=True,
+                               timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return False
+    m = re.search(r"PRMLAB_RESULT (\d+) (\d+)", r.stdout)
+    return bool(m) and m.group(1) == m.group(2) != "0"
+
+
+def execute(programs: list[str], tasks: list[Task], cfg: SandboxConfig) -> tuple[list[bool], str]:
+    """Pass/fail of each program: through ``prmlab.sandbox.Sandbox`` when it exists, else the fallback checker."""
+    if not cfg.allow_execution:
+        raise PermissionError("Executing model output needs SandboxConfig(allow_execution=True).")
+    try:
+        from prmlab.sandbox import Sandbox
+    except ImportError:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max(cfg.workers, 2)) as ex:
+            return list(ex.map(lambda pt: _fallback_run(*pt, cfg.timeout_s), zip(programs, tasks))), "fallback"
+    with Sandbox(cfg) as sb:
+        return [r.passed for r in sb.run_many(list(zip(programs, tasks)))], "prmlab.sandbox"
+
+
+def code_lines(text: str) -> list[str]:
+    """Stripped non-blank lines of a body."""
+    return [ln.strip() for ln in text.splitlines() if ln.strip()]
+
+
+def is_comment(line: str) -> bool:
+    return line.lstrip().startswith("#")
+
+
+def is_noop(line: str) -> bool:
+    return bool(NOOP.match(line.strip()))
+
+
+def _target(line: str) -> str | None:
+    if line.startswith("return"):
+        return "return"
+    m = re.match(r"^(\w+)\s*=[^=]", line)
+    return m.group(1) if m else None
+
+
+def line_analysis(completion: str, reference: str) -> dict[str, Any]:
+    """Where a completion first departs from the reference and whether it contains a comment, no-op or fix.
+
+    ``first_mistake``: 1-based index among effective lines (comments and no-ops skipped) of the first line that
+    differs from the reference, or None; ``slip``: that line assigns the reference's variable at that step;
+    ``fix``: some effective line re-assigns the variable the line before it assigned.
+    """
+    lines = code_lines(completion)
+    eff = [ln for ln in lines if not is_comment(ln) and not is_noop(ln)]
+    ref = code_lines(reference)
+    first = next((i + 1 for i, ln in enumerate(eff) if i >= len(ref) or ln != ref[i]), None)
+    if first is None and len(eff) < len(ref):
+        first = len(eff) + 1  # stopped early
+    targets = [_target(ln) for ln in eff]
+    return {
+        "first_mistake": first,
+        "slip": first is not None and first <= min(len(eff), len(ref)) and targets[first - 1] == _target(ref[first - 1]),
+        "fix": any(t is not None and t != "return" and t == targets[i] for i, t in enumerate(targets[1:])),
+        "comment": any(is_comment(ln) for ln in lines),
+        "noop": any(is_noop(ln) for ln in lines),
+    }
+
+
+def _rate(xs: list[bool]) -> float:
+    return round(sum(xs) / len(xs), 4) if xs else float("nan")
+
+
+def summarize(tasks: list[Task], completions: list[str], passed: list[bool]) -> dict[str, Any]:
+    """Pass@1 by length and bucket, failure analysis, comment/no-op shares (pure)."""
+    by_len: dict[int, list[bool]] = defaultdict(list)
+    rows = []
+    for t, c, ok in zip(tasks, completions, passed):
+        by_len[t.n_lines].append(ok)
+        rows.append({**line_analysis(c, t.reference), "passed": ok, "n_lines": t.n_lines})
+    fails = [r for r in rows if not r["passed"]]
+    passes = [r for r in rows if r["passed"]]
+    return {
+        "n_samples": len(rows),
+        "pass_at_1": _rate(passed),
+        "pass_at_1_by_length": {str(L): _rate(v) for L, v in sorted(by_len.items())},
+        "n_by_length": {str(L): len(v) for L, v in sorted(by_len.items())},
+        "pass_at_1_by_bucket": {k: _rate([ok for L, v in by_len.items() if lo <= L <= hi for ok in v])
+                                for k, (lo, hi) in BUCKETS.items()},
+        "failures": {
+            "n": len(fails),
+            "wrong_like": _rate([r["first_mistake"] == 1 for r in fails]),
+            "revised_like": _rate([r["first_mistake"] is not None and r["first_mistake"] > 1 for r in fails]),
+            "no_visible_mistake": _rate([r["first_mistake"] is None for r in fails]),
+            "first_mistake_is_slip": _rate([r["slip"] for r in fails]),
+            "contain_fix": _rate([r["fix"] for r in fails]),
+        },
+        "passes_with_fix": _rate([r["fix"] for r in passes]),
+        "samples_with_fix": _rate([r["fix"] for r in rows]),
+        "samples_with_comment": _rate([r["comment"] for r in rows]),
+        "samples_with_noop": _rate([r["noop"] for r in rows]),
+    }
+
+
+def examples(tasks: list[Task], completions: list[str], passed: list[bool], k: int = 6) -> list[dict[str, Any]]:
+    """A few samples for the card: passing and failing ones of several lengths."""
+    picked, want = [], [(True, 2), (False, 3), (True, 5), (False, 6), (True, 8), (False, 10)][:k]
+    for ok, L in want:
+        for t, c, p in zip(tasks, completions, passed):
+            if p == ok and t.n_lines == L:
+                picked.append({"task_id": t.task_id, "passed": p, "program": t.prompt + c})
+                break
+    return picked
+
+
+def evaluate_toy_coder(model_dir: str | Path, n_per_length: int = 200, seed: int = 0, min_lines: int = 2,
+                       max_lines: int = 12, sampling: SamplingConfig | None = None,
+                       sandbox: SandboxConfig | None = None, progress: bool = True) -> dict[str, Any]:
+    """Sample one completion per eval task (``n_per_length`` per length) and measure pass@1 and its anatomy."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from prmlab.tasks.toy import generate_tasks
+
+    sampling = sampling or SamplingConfig(temperature=1.0, batch_size=64, seed=seed)
+    sandbox = sandbox or SandboxConfig(allow_execution=True)
+    n_len = max_lines - min_lines + 1
+    tasks = generate_tasks(n_per_length * n_len, "eval", seed=seed, min_lines=min_lines, max_lines=max_lines)
+    tasks = sorted(tasks, key=lambda t: t.n_lines)  # similar lengths batch together
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    completions = sample_completions(model, tok, [t.prompt for t in tasks], sampling, progress)
+    passed, executor = execute([t.prompt + c for t, c in zip(tasks, completions)], tasks, sandbox)
+    result = summarize(tasks, completions, passed)
+    result.update(executor=executor, seed=seed, n_per_length=n_per_length, temperature=sampling.temperature,
+                  top_p=sampling.top_p, max_new_tokens=sampling.max_new_tokens,
+                  examples=examples(tasks, completions, passed))
+    return result
+
+
+def save_eval(result: dict[str, Any], path: str | Path) -> None:
+    Path(path).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def _table(result: dict[str, Any]) -> str:
+    rows = ["| lines | tasks | pass@1 |", "|---|---|---|"]
+    rows += [f"| {L} | {result['n_by_length'][L]} | {p:.1%} |" for L, p in result["pass_at_1_by_length"].items()]
+    rows += [f"| **{k}** | | **{p:.1%}** |" for k, p in result["pass_at_1_by_bucket"].items()]
+    return "\n".join(rows)
+
+
+def render_card(train_cfg: dict[str, Any], train_metrics: dict[str, Any], result: dict[str, Any],
+                repeat: dict[str, Any] | None = None, command: str = "") -> str:
+    """The model card (data/toy-coder/README.md): training, size, measured pass rates, failure anatomy, samples."""
+    f = result["failures"]
+    m = train_metrics
+    same = "not re-run" if repeat is None else (
+        "identical" if repeat["pass_at_1_by_length"] == result["pass_at_1_by_length"] else "DIFFERENT")
+    ex = "\n\n".join(f"{'passed' if e['passed'] else 'failed'} ({e['task_id']}):\n```python\n{e['program']}```"
+                     for e in result["examples"])
+    return f"""# toy-coder
+
+A {m['n_parameters'] / 1e6:.2f}M-parameter Llama-style causal LM ({train_cfg['layers']} layers, width
+{train_cfg['hidden_size']}, {train_cfg['heads']} heads, SwiGLU {train_cfg['intermediate_size']}, tied embeddings,
+context {train_cfg['max_positions']}) with a byte-level BPE tokenizer, trained from scratch on CPU by
+`scripts/train_toy_coder.py` on the toy world's noisy training corpus (`prmlab/tasks/toy_corpus.py`). It is the
+`tiny` preset's base model: it continues a toy task's prompt with a 4-space-indented body and EOS.
+
+    AutoTokenizer.from_pretrained("data/toy-coder"); AutoModelForCausalLM.from_pretrained("data/toy-coder")
+
+## Training
+- corpus: {m['n_samples']} samples of `pretrain`-split tasks (never an eval or train task), {m['corpus_tokens']}
+  tokens ({m['solution_tokens']} solution tokens, the only ones in the loss); data seed {m['data_seed']}, seed
+  {m['seed']}; noise model in `train_config.json` (`corpus`).
+- AdamW lr {train_cfg['lr']} (warm-up {train_cfg['warmup_steps']}, cosine to {train_cfg['min_lr_ratio']}x), batch
+  {train_cfg['batch_size']}, {train_cfg['epochs']} epoch(s) = {m['steps']} steps, bf16 autocast={train_cfg['bf16']},
+  {train_cfg['threads']} threads; loss {m['first_loss']:.3f} -> {m['final_loss']:.3f} (`loss_curve.png`);
+  {m['train_s'] / 60:.1f} min of training at {m['tokens_per_s']:.0f} tokens/s on a shared 2-core CPU.
+- files: `model.safetensors` (fp32), tokenizer files, `train_config.json`, `train_metrics.json`, `eval.json`,
+  `provenance.json`.
+- regenerate: `{command or '.venv/bin/python scripts/train_toy_coder.py'}`
+
+## Measured pass@1 (eval split, one sample per task, temperature {result['temperature']}, top-p {result['top_p']})
+Executed with `{result['executor']}`; {result['n_per_length']} tasks per length, eval seed {result['seed']}.
+A second evaluation with the same seed gave {same} numbers.
+
+{_table(result)}
+
+Overall pass@1 {result['pass_at_1']:.1%} over {result['n_samples']} samples.
+
+## Anatomy of the samples
+- failures: {f['n']}; first mistake on line 1 (*Wrong*-like) {f['wrong_like']:.1%}, after a correct prefix
+  (*Revised*-like) {f['revised_like']:.1%}, no visible mistake {f['no_visible_mistake']:.1%};
+  first mistake is a slip that a later line could still fix: {f['first_mistake_is_slip']:.1%}.
+- passes that contain a mistake fixed by a later line: {result['passes_with_fix']:.1%} of passes.
+- samples with a comment line: {result['samples_with_comment']:.1%}; with a no-op line (`pass`, `x = x`):
+  {result['samples_with_noop']:.1%}.
+
+## Example samples
+{ex}
+"""

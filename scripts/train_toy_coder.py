@@ -1,0 +1,78 @@
+"""Train the toy-coder and ship it to data/toy-coder (weights, tokenizer, loss curve, metrics, eval, card).
+
+    .venv/bin/python scripts/train_toy_coder.py                      # train + evaluate + card (about 30-40 min)
+    .venv/bin/python scripts/train_toy_coder.py --eval-only          # re-evaluate the shipped model, rewrite card
+    .venv/bin/python scripts/train_toy_coder.py --n-samples 2000 --out /tmp/tc --n-per-length 20   # quick trial
+
+Same seeds on the same machine (and thread count) reproduce the same weights and the same metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from prmlab.config import SamplingConfig, SandboxConfig, preset  # noqa: E402
+from prmlab.tasks.toy_corpus import ToyCorpusConfig  # noqa: E402
+from prmlab.toycoder import ToyCoderConfig, train_toy_coder  # noqa: E402
+from prmlab.toycoder_eval import evaluate_toy_coder, render_card, save_eval  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    d, c = ToyCoderConfig(), ToyCorpusConfig()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="data/toy-coder", help="output directory")
+    p.add_argument("--n-samples", type=int, default=c.n_samples, help="corpus size (samples)")
+    p.add_argument("--data-seed", type=int, default=c.seed, help="seed of the corpus")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of initialisation and batch order")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--threads", type=int, default=d.threads)
+    p.add_argument("--eval-only", action="store_true", help="skip training; evaluate the model in --out")
+    p.add_argument("--no-eval", action="store_true", help="train only")
+    p.add_argument("--n-per-length", type=int, default=200, help="eval tasks per program length (2..12)")
+    p.add_argument("--eval-seed", type=int, default=0)
+    p.add_argument("--repeat-eval", action="store_true", help="evaluate twice to check reproducibility")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    out = Path(args.out)
+    if not args.eval_only:
+        cfg = ToyCoderConfig(corpus=ToyCorpusConfig(n_samples=args.n_samples, seed=args.data_seed), seed=args.seed,
+                             epochs=args.epochs, lr=args.lr, threads=args.threads)
+        result = train_toy_coder(cfg, out)
+        print(json.dumps({k: v for k, v in result.metrics.items() if k != "losses"}, indent=2))
+    if args.no_eval:
+        return
+    import torch
+
+    torch.set_num_threads(args.threads)
+    tiny = preset("tiny")
+    sampling = dataclasses.replace(tiny.sampling, seed=args.eval_seed)
+    sandbox = dataclasses.replace(tiny.sandbox, allow_execution=True)
+    ev = evaluate_toy_coder(out, n_per_length=args.n_per_length, seed=args.eval_seed, sampling=sampling,
+                            sandbox=sandbox)
+    repeat = None
+    if args.repeat_eval:
+        repeat = evaluate_toy_coder(out, n_per_length=args.n_per_length, seed=args.eval_seed, sampling=sampling,
+                                    sandbox=sandbox)
+        ev["repeat_identical"] = repeat["pass_at_1_by_length"] == ev["pass_at_1_by_length"]
+    save_eval(ev, out / "eval.json")
+    train_cfg = json.loads((out / "train_config.json").read_text())
+    train_metrics = json.loads((out / "train_metrics.json").read_text())
+    command = ".venv/bin/python scripts/train_toy_coder.py " + " ".join(map(shlex.quote, argv or sys.argv[1:]))
+    (out / "README.md").write_text(render_card(train_cfg, train_metrics, ev, repeat, command.strip()))
+    print(json.dumps({k: ev[k] for k in ("pass_at_1_by_length", "pass_at_1_by_bucket", "failures",
+                                         "passes_with_fix", "samples_with_comment", "samples_with_noop")}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
