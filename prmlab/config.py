@@ -192,6 +192,11 @@ class LabelConfig:
     """Also store the reviewers' "marginal progress" label: soft success rate after a line minus before it. [R]"""
     early_stop: bool = True
     """Stop sampling a prefix's completions at the first passing one (best-of-K needs only one). [I]"""
+    chunk: int = 4
+    """With ``early_stop``, completions drawn per round of a best-of-K check before looking for a pass. [I]"""
+    group_size: int = 64
+    """Responses labelled together: their checks at one search depth share one generation call; a group is also
+    the unit of seeding and of resumption (a killed run redoes at most one group). [I]"""
     policies: tuple[str, ...] = ("base",)
     """Checkpoints whose samples are labelled; the paper uses 4 evenly spaced RL checkpoints. [P]"""
     seed: int = 0
@@ -199,7 +204,7 @@ class LabelConfig:
 
     def __post_init__(self) -> None:
         _in(self.method, ("binary", "mc"), "LabelConfig", "method")
-        _positive(self, "k", "max_new_tokens")
+        _positive(self, "k", "max_new_tokens", "chunk", "group_size")
         _check(self.completion_temperature > 0, "LabelConfig", "completion_temperature",
                f"must be > 0 for best-of-K sampling, got {self.completion_temperature!r}")
         _check(len(self.policies) > 0, "LabelConfig", "policies", "must name at least one checkpoint")
