@@ -169,3 +169,59 @@ def test_derive_seed_is_stable_and_spreads():
     assert derive_seed(0, "toy-1/0") == derive_seed(0, "toy-1/0")
     assert derive_seed(0, "toy-1/0") != derive_seed(1, "toy-1/0") != derive_seed(0, "toy-1/1")
     assert 0 <= derive_seed("x") < 2**31
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# label_stats: hand-computed statistics and a smoke test of every picture
+
+def _rec(rid, labels, category, **kw):
+    from prmlab.records import LineLabels
+
+    return LineLabels(prompt="p", completions=tuple(f"x{i} = 1" for i in range(len(labels))), labels=tuple(labels),
+                      task_id="t", response_id=rid, category=category, **kw)
+
+
+def test_category_shares_and_first_negative_positions():
+    from prmlab.label_stats import categories_by_length, category_shares, first_negative_relative
+
+    recs = [_rec("a", [1, 1], "correct"), _rec("b", [1, -1], "revised"), _rec("c", [-1, -1, -1, -1], "wrong"),
+            _rec("d", [1, 0, 1, -1], "revised")]
+    assert category_shares(recs) == {"correct": 0.25, "revised": 0.5, "wrong": 0.25}
+    assert first_negative_relative(recs) == [1.0, 0.25, 1.0]
+    assert categories_by_length(recs)[2] == {"correct": 0.5, "revised": 0.5, "wrong": 0.0}
+
+
+def test_agreement_and_cost_comparison_hand_computed():
+    from prmlab.label_stats import agreement, cost_comparison
+
+    binary = [_rec("a", [1, -1, -1], "revised", completions_generated=8), _rec("b", [1, 1, -1], "revised",
+              completions_generated=4), _rec("c", [1, 1], "correct")]
+    mc = [_rec("a", [1, -1, -1], "revised", completions_generated=24),
+          _rec("b", [1, -1, 1], "revised", completions_generated=24), _rec("c", [1, 1], "correct")]
+    a = agreement(binary, mc)
+    assert a["n"] == 2 and a["first_neg_exact"] == 0.5 and a["mc_monotone"] == 0.5
+    assert a["first_neg_exact_monotone"] == 1.0 and a["n_monotone"] == 1
+    assert a["line_agreement"] == pytest.approx(4 / 6)
+    c = cost_comparison(binary, mc)
+    assert c["binary"]["completions_generated"] == 6 and c["mc_over_binary"]["completions_generated"] == 4
+
+
+def test_every_picture_draws(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from prmlab import label_stats as ls
+
+    recs = [_rec("a", [1, 0, -1], "revised", last_recoverable=1, meta={"trace": [[2, False], [1, True]]}),
+            _rec("b", [1, 1], "correct"), _rec("c", [-1, -1], "wrong")]
+    fig, axes = plt.subplots(1, 5, figsize=(20, 3))
+    ls.plot_categories_by_length(recs, axes[0])
+    ls.plot_first_negative(recs, axes[1])
+    ls.plot_agreement(recs, recs, axes[2])
+    ls.plot_cost(recs, recs, axes[3])
+    ax = ls.plot_response_labels(recs[0], axes[4])
+    assert "m* = 1" in ax.get_title()
+    fig.savefig(tmp_path / "stats.png")
+    plt.close(fig)
