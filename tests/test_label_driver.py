@@ -278,3 +278,30 @@ def test_summarize_counts_categories_and_means():
     res = summarize(recs, "x")
     assert res.categories == {"correct": 1, "revised": 1, "wrong": 1}
     assert res.per_failing_response["oracle_calls"] == 3 and res.totals["completions_generated"] == 12
+
+
+def test_model_oracle_steps_through_one_search_and_logs_each_check():
+    from prmlab.label_stage import ModelOracle
+    from prmlab.labeling import binary_search_last_recoverable
+
+    task = fake_task(0, 6)
+    completion = "ok\n# think\nok\nok\nbad\nok\nok\n"
+    resp = Response(task_id="t0", response_id="r", prompt=task.prompt, completion=completion,
+                    program=task.prompt + completion)
+    oracle = ModelOracle(resp, task, FakeComplete(q=1.0), FakeRunMany(), LabelConfig(k=4, chunk=2))
+    assert oracle.T == 6
+    m, n = binary_search_last_recoverable(oracle, oracle.T)
+    assert m == 3 and n == len(oracle.log) <= 3
+    assert oracle.steps[m - 1] == 4  # the 3rd code line is line 4 (a comment sits in between)
+    for entry in oracle.log:
+        assert entry["recoverable"] == (entry["m_steps"] <= 3)
+        assert all(c.startswith(entry["prefix"]) for c, _ in entry["tried"])
+
+
+def test_stage_refuses_to_execute_without_permission(tmp_path):
+    from prmlab.config import preset
+    from prmlab.label_stage import run_labeling
+
+    with pytest.raises(PermissionError, match="allow_execution"):
+        run_labeling(preset("tiny"), tmp_path / "run", allow_execution=False)
+    assert not (tmp_path / "run").exists()

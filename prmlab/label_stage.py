@@ -1,0 +1,196 @@
+"""The labelling stage end to end, for ``prmlab label`` and notebook 01.
+
+    tasks (TaskConfig) -> responses.jsonl   sampled per policy, resumable (appended by task chunk)
+                       -> execution         in the sandbox, cached in runs/<name>/exec_cache
+                       -> labels.jsonl      binary search (or Monte-Carlo) line labels, resumable
+                       -> labels_cost.json  cost totals; metrics.jsonl lines per group
+
+Also here: the completer that wraps :func:`prmlab.sampling.complete_prefixes` for the driver, a recording
+:class:`ModelOracle` that notebooks step through by hand, and :func:`run_mc_comparison`, which labels the same
+failing responses with Monte-Carlo labels into ``labels_mc.jsonl`` to measure cost and agreement.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prmlab.config import Config, LabelConfig, TaskConfig
+from prmlab.label_driver import (Complete, LabelingResult, RunMany, _judge, default_program, label_responses,
+                                 prefix_text, response_lines)
+from prmlab.labeling import BestOfK, derive_seed, step_positions
+from prmlab.records import Response, Task, read_jsonl, repair_tail, write_jsonl
+from prmlab.runs import init_run_dir
+
+
+def train_tasks(cfg: TaskConfig) -> list[Task]:
+    """The training tasks (the prompts that get sampled and labelled) of a task config."""
+    if cfg.source == "toy":
+        from prmlab.tasks.toy import toy_tasks_from_config
+
+        return toy_tasks_from_config(cfg)[0]
+    if cfg.source == "humaneval":
+        from prmlab.tasks.humaneval import load_humaneval
+
+        return load_humaneval("train", eval_fraction=cfg.eval_fraction, seed=cfg.seed)[:cfg.n_train]
+    from prmlab.tasks.hub import load_hub_tasks
+
+    return load_hub_tasks(cfg.source, "train", limit=cfg.n_train)
+
+
+def make_completer(model, tokenizer, cfg: Config) -> Complete:
+    """``complete(requests, k, seed)`` for the driver: the policy's own completions of code prefixes."""
+    from prmlab.sampling import complete_prefixes
+
+    def complete(requests: list[tuple[Task, str]], k: int, seed: int) -> list[list[str]]:
+        return complete_prefixes(model, tokenizer, requests, k, temperature=cfg.labels.completion_temperature,
+                                 top_p=cfg.sampling.top_p, max_new_tokens=cfg.labels.max_new_tokens, seed=seed,
+                                 track=cfg.model.track, batch_size=cfg.sampling.batch_size, progress=False)
+
+    return complete
+
+
+def sample_responses_resumable(model, tokenizer, tasks: Sequence[Task], cfg: Config, path: Path, policy: str = "base",
+                               chunk_tasks: int = 32, progress: bool = True) -> list[Response]:
+    """Responses of ``policy`` to ``tasks`` in ``path``, sampling only tasks not there yet (chunks of tasks, in order).
+
+    A chunk is sampled whole and only its missing responses appended, so a killed run resumes to the same file.
+    """
+    from tqdm.auto import tqdm
+
+    from prmlab.sampling import sample_responses
+
+    path = Path(path)
+    repair_tail(path)
+    have = read_jsonl(path, Response) if path.exists() else []
+    done_ids = {r.response_id for r in have}
+    done_tasks = {r.task_id for r in have if r.policy == policy}
+    chunks = [list(tasks[i:i + chunk_tasks]) for i in range(0, len(tasks), chunk_tasks)]
+    for chunk in tqdm(chunks, desc=f"sampling {policy}", disable=not progress):
+        if all(t.task_id in done_tasks for t in chunk):
+            continue
+        new = [r for r in sample_responses(model, tokenizer, chunk, cfg.sampling, cfg.model.track, policy=policy,
+                                           progress=False) if r.response_id not in done_ids]
+        write_jsonl(path, new, append=True)
+        done_ids.update(r.response_id for r in new)
+    wanted = {t.task_id for t in tasks}
+    return [r for r in read_jsonl(path, Response) if r.policy == policy and r.task_id in wanted]
+
+
+def _policy_model(model, name: str, run_dir: Path):
+    if name == "base":
+        return model
+    raise NotImplementedError(f"labelling policy {name!r} needs an RL checkpoint, which prmlab cannot load yet; "
+                              f"use LabelConfig.policies=('base',) (run dir {run_dir}).")
+
+
+def _execution_guard(cfg: Config, allow_execution: bool):
+    if not (allow_execution or cfg.sandbox.allow_execution):
+        raise PermissionError("Labelling executes model-generated programs; pass allow_execution=True "
+                              "(CLI: --allow-execution) after reading docs/safety.md.")
+    return dataclasses.replace(cfg.sandbox, allow_execution=True)
+
+
+def run_labeling(cfg: Config, run_dir: str | Path, allow_execution: bool = False, progress: bool = True,
+                 model=None, tokenizer=None, tasks: Sequence[Task] | None = None) -> LabelingResult:
+    """The whole labelling stage of a run: sample (resumable), execute, label into ``run_dir/labels.jsonl``.
+
+    ``model``/``tokenizer``/``tasks`` default to the config's (pass them to reuse what a notebook has loaded).
+    Rerunning continues where a killed run stopped and gives the same labels for the same seed.
+    """
+    from prmlab.sandbox import Sandbox
+
+    sandbox_cfg = _execution_guard(cfg, allow_execution)
+    run_dir = init_run_dir(run_dir, cfg, cfg.seed)
+    tasks = list(tasks) if tasks is not None else train_tasks(cfg.tasks)
+    model, tokenizer = _model(cfg, model, tokenizer)
+    responses, completers = [], {}
+    for policy in cfg.labels.policies:
+        pm = _policy_model(model, policy, run_dir)
+        responses += sample_responses_resumable(pm, tokenizer, tasks, cfg, run_dir / "responses.jsonl", policy,
+                                                progress=progress)
+        completers[policy] = make_completer(pm, tokenizer, cfg)
+    with Sandbox(sandbox_cfg, cache_dir=run_dir / "exec_cache") as sandbox:
+        return label_responses(responses, {t.task_id: t for t in tasks}, cfg.labels, run_dir / "labels.jsonl",
+                               completers, sandbox.run_many, progress=progress)
+
+
+def _model(cfg: Config, model, tokenizer):
+    if model is None or tokenizer is None:
+        from prmlab.models import load_base_model, load_tokenizer
+
+        tokenizer = tokenizer or load_tokenizer(cfg.model)
+        model = model or load_base_model(cfg.model)
+    return model, tokenizer
+
+
+def run_mc_comparison(cfg: Config, run_dir: str | Path, allow_execution: bool = False, max_responses: int | None = None,
+                      progress: bool = True, model=None, tokenizer=None,
+                      tasks: Sequence[Task] | None = None) -> LabelingResult:
+    """Monte-Carlo labels (K completions at every line) of the failing responses of ``run_dir/labels.jsonl``.
+
+    Writes ``labels_mc.jsonl`` (and ``labels_mc_cost.json``) beside the binary-search labels, resumably, so
+    :mod:`prmlab.label_stats` can compare the two on the same responses. ``max_responses`` caps the cost.
+    """
+    from prmlab.records import LineLabels
+    from prmlab.sandbox import Sandbox
+
+    sandbox_cfg = _execution_guard(cfg, allow_execution)
+    run_dir = Path(run_dir)
+    failing = {r.response_id for r in read_jsonl(run_dir / "labels.jsonl", LineLabels) if r.category != "correct"}
+    responses = [r for r in read_jsonl(run_dir / "responses.jsonl", Response) if r.response_id in failing]
+    responses = responses[:max_responses] if max_responses else responses
+    tasks = list(tasks) if tasks is not None else train_tasks(cfg.tasks)
+    model, tokenizer = _model(cfg, model, tokenizer)
+    completers = {p: make_completer(_policy_model(model, p, run_dir), tokenizer, cfg) for p in cfg.labels.policies}
+    mc_cfg = dataclasses.replace(cfg.labels, method="mc")
+    with Sandbox(sandbox_cfg, cache_dir=run_dir / "exec_cache") as sandbox:
+        return label_responses(responses, {t.task_id: t for t in tasks}, mc_cfg, run_dir / "labels_mc.jsonl",
+                               completers, sandbox.run_many, progress=progress)
+
+
+@dataclass
+class ModelOracle:
+    """The best-of-K oracle of one response, callable as ``oracle(m)`` on its m-th code line, recording each check.
+
+    For stepping through a binary search by hand (notebook 01); the driver batches the same checks instead.
+    ``log`` holds one dict per check: the prefix length in lines, the prefix text, the completions tried and
+    whether each passed.
+    """
+
+    response: Response
+    task: Task
+    complete: Complete
+    run_many: RunMany
+    cfg: LabelConfig
+    log: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.lines, self.neutral = response_lines(self.response.completion)
+        self.steps = step_positions(self.neutral)
+
+    @property
+    def T(self) -> int:
+        """Number of code lines (steps) binary search runs over."""
+        return len(self.steps)
+
+    def __call__(self, m: int) -> bool:
+        m_lines = self.steps[m - 1] if m else 0
+        prefix = prefix_text(self.response.completion, self.lines, m_lines)
+        state = BestOfK(self.cfg.k, self.cfg.chunk, self.cfg.early_stop)
+        tried: list[tuple[str, bool]] = []
+        for round_ in range(self.cfg.k):
+            n = state.want()
+            if not n:
+                break
+            seed = derive_seed(self.cfg.seed, self.response.response_id, m, round_)
+            completions = self.complete([(self.task, prefix)], n, seed)[0]
+            passed, _ = _judge([(default_program(self.task, c), self.task) for c in completions], self.run_many)
+            state.update(passed)
+            tried += list(zip(completions, passed))
+        self.log.append({"m_steps": m, "m_lines": m_lines, "prefix": prefix, "tried": tried,
+                         "recoverable": state.recoverable})
+        return state.recoverable
