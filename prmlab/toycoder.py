@@ -72,6 +72,9 @@ class ToyCoderConfig:
     """Seed of initialisation and batch order (the corpus has its own ``corpus.seed``). [I]"""
     log_every: int = 20
     """Steps between loss-curve points. [I]"""
+    init_from: str = ""
+    """Directory of a trained toy-coder whose weights and tokenizer this run continues from (a second training
+    stage on a fresh corpus, e.g. ``corpus.seed=1``); empty trains a new tokenizer and model from scratch. [I]"""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -234,13 +237,15 @@ def train_toy_coder(cfg: ToyCoderConfig, out_dir: str | Path, progress: bool = T
     seed_everything(cfg.seed)
     t0 = time.time()
     samples = corpus_samples(cfg.corpus)
-    tok = train_tokenizer([s["task"].prompt + s["completion"] for s in samples], cfg.vocab_size)
+    model, tok, earlier = _start(cfg, samples)
     encoded = encode_samples(samples, tok, cfg.max_positions)
     batches = make_batches([len(ids) for ids, _ in encoded], cfg.batch_size, cfg.seed)
-    model = build_model(cfg, tok)
     t1 = time.time()
     losses, tokens = train_steps(model, encoded, batches, cfg, tok.pad_token_id, progress)
     t2 = time.time()
+    if earlier:  # the loss curve continues the earlier stage's
+        offset = earlier["steps"]
+        losses = [tuple(x) for x in earlier["losses"]] + [(s + offset, v) for s, v in losses]
     _save_model(model, tok, out)
     save_loss_curve(losses, out / "loss_curve.png")
     metrics = {
@@ -250,12 +255,29 @@ def train_toy_coder(cfg: ToyCoderConfig, out_dir: str | Path, progress: bool = T
         "tokens_seen": tokens, "final_loss": losses[-1][1], "first_loss": losses[0][1],
         "prepare_s": round(t1 - t0, 1), "train_s": round(t2 - t1, 1),
         "tokens_per_s": round(tokens / max(t2 - t1, 1e-9), 1), "data_seed": cfg.corpus.seed, "seed": cfg.seed,
-        "losses": losses,
+        "losses": losses, "init_from": cfg.init_from,
+        "earlier_stage": {k: v for k, v in earlier.items() if k != "losses"} if earlier else None,
     }
+    if earlier:
+        metrics["steps"] = losses[-1][0]
+        metrics["total_train_s"] = round(earlier.get("total_train_s", earlier["train_s"]) + t2 - t1, 1)
     (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     (out / "train_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out / "provenance.json").write_text(json.dumps(provenance(cfg.seed), indent=2) + "\n")
     return TrainResult(out, losses, metrics)
+
+
+def _start(cfg: ToyCoderConfig, samples: list[dict]):
+    """(model, tokenizer, earlier metrics): fresh ones, or those of ``cfg.init_from`` (then train mode)."""
+    if not cfg.init_from:
+        tok = train_tokenizer([s["task"].prompt + s["completion"] for s in samples], cfg.vocab_size)
+        return build_model(cfg, tok), tok, {}
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = Path(cfg.init_from)
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+    earlier = json.loads((src / "train_metrics.json").read_text()) if (src / "train_metrics.json").exists() else {}
+    return model, AutoTokenizer.from_pretrained(src), earlier
 
 
 def _save_model(model, tok, out: Path) -> None:

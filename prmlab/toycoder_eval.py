@@ -210,11 +210,42 @@ def save_eval(result: dict[str, Any], path: str | Path) -> None:
     Path(path).write_text(json.dumps(result, indent=2) + "\n")
 
 
+def acceptance(result: dict[str, Any], tolerance: float = 0.05) -> dict[str, bool]:
+    """Issue 4's acceptance criteria on an evaluation result (``tolerance``: allowed rise between lengths)."""
+    b, f, by = result["pass_at_1_by_bucket"], result["failures"], list(result["pass_at_1_by_length"].values())
+    return {
+        "pass@1 >= 50% on 2-3 lines": b["2-3"] >= 0.5,
+        "pass@1 <= 20% on 8+ lines": b["8-12"] <= 0.2,
+        "falling steadily with length": b["2-3"] > b["4-7"] > b["8-12"]
+        and all(q <= p + tolerance for p, q in zip(by, by[1:])),
+        "Wrong-like and Revised-like failures both common (>= 15%)": f["wrong_like"] >= 0.15
+        and f["revised_like"] >= 0.15,
+        "some failures recoverable by a later line": f["first_mistake_is_slip"] > 0.1
+        and result["samples_with_fix"] > 0,
+        "comment and no-op lines in a small fraction (0-10%)": 0 < result["samples_with_comment"] <= 0.1
+        and 0 < result["samples_with_noop"] <= 0.1,
+    }
+
+
 def _table(result: dict[str, Any]) -> str:
     rows = ["| lines | tasks | pass@1 |", "|---|---|---|"]
     rows += [f"| {L} | {result['n_by_length'][L]} | {p:.1%} |" for L, p in result["pass_at_1_by_length"].items()]
     rows += [f"| **{k}** | | **{p:.1%}** |" for k, p in result["pass_at_1_by_bucket"].items()]
     return "\n".join(rows)
+
+
+def _regenerate(train_cfg: dict[str, Any], m: dict[str, Any], command: str) -> str:
+    cmd = command or ".venv/bin/python scripts/train_toy_coder.py"
+    e = m.get("earlier_stage")
+    if not e:
+        return f"- regenerate: `{cmd}`"
+    return (f"- trained in two stages (the second continues the first's weights and tokenizer on a fresh corpus);\n"
+            f"  stage 1: {e['n_samples']} samples, data seed {e['data_seed']}, {e['steps']} steps, loss "
+            f"{e['first_loss']:.3f} -> {e['final_loss']:.3f}, {e['train_s'] / 60:.1f} min; stage 2 from step "
+            f"{e['steps']}: {m['n_samples']} samples, data seed {m['data_seed']}.\n"
+            f"- regenerate: `.venv/bin/python scripts/train_toy_coder.py --out /tmp/toy-coder-stage1 --n-samples "
+            f"{e['n_samples']} --data-seed {e['data_seed']} --no-eval` then\n  `{cmd}` with "
+            f"`--init-from /tmp/toy-coder-stage1` (`init_from` in `train_config.json`).")
 
 
 def render_card(train_cfg: dict[str, Any], train_metrics: dict[str, Any], result: dict[str, Any],
@@ -241,12 +272,12 @@ context {train_cfg['max_positions']}) with a byte-level BPE tokenizer, trained f
   tokens ({m['solution_tokens']} solution tokens, the only ones in the loss); data seed {m['data_seed']}, seed
   {m['seed']}; noise model in `train_config.json` (`corpus`).
 - AdamW lr {train_cfg['lr']} (warm-up {train_cfg['warmup_steps']}, cosine to {train_cfg['min_lr_ratio']}x), batch
-  {train_cfg['batch_size']}, {train_cfg['epochs']} epoch(s) = {m['steps']} steps, bf16 autocast={train_cfg['bf16']},
+  {train_cfg['batch_size']}, {train_cfg['epochs']} epoch(s), {m['steps']} steps in all, bf16 autocast={train_cfg['bf16']},
   {train_cfg['threads']} threads; loss {m['first_loss']:.3f} -> {m['final_loss']:.3f} (`loss_curve.png`);
-  {m['train_s'] / 60:.1f} min of training at {m['tokens_per_s']:.0f} tokens/s on a shared 2-core CPU.
+  {m.get('total_train_s', m['train_s']) / 60:.1f} min of training in all at {m['tokens_per_s']:.0f} tokens/s on a shared 2-core CPU.
 - files: `model.safetensors` (fp32), tokenizer files, `train_config.json`, `train_metrics.json`, `eval.json`,
   `provenance.json`.
-- regenerate: `{command or '.venv/bin/python scripts/train_toy_coder.py'}`
+{_regenerate(train_cfg, m, command)}
 
 ## Measured pass@1 (eval split, one sample per task, temperature {result['temperature']}, top-p {result['top_p']})
 Executed with `{result['executor']}`; {result['n_per_length']} tasks per length, eval seed {result['seed']}.
@@ -255,6 +286,10 @@ A second evaluation with the same seed gave {same} numbers.
 {_table(result)}
 
 Overall pass@1 {result['pass_at_1']:.1%} over {result['n_samples']} samples.
+
+## Acceptance (issue 4)
+{chr(10).join(f"- [{'x' if ok else ' '}] {k}" for k, ok in acceptance(result).items())}
+- [{'x' if same == 'identical' else ' '}] same seed, same metrics (evaluation re-run: {same})
 
 ## Anatomy of the samples
 - failures: {f['n']}; first mistake on line 1 (*Wrong*-like) {f['wrong_like']:.1%}, after a correct prefix

@@ -34,6 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--threads", type=int, default=d.threads)
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    p.add_argument("--init-from", default="", help="continue from this trained toy-coder (second stage)")
     p.add_argument("--eval-only", action="store_true", help="skip training; evaluate the model in --out")
     p.add_argument("--no-eval", action="store_true", help="train only")
     p.add_argument("--n-per-length", type=int, default=200, help="eval tasks per program length (2..12)")
@@ -47,7 +49,8 @@ def main(argv=None) -> None:
     out = Path(args.out)
     if not args.eval_only:
         cfg = ToyCoderConfig(corpus=ToyCorpusConfig(n_samples=args.n_samples, seed=args.data_seed), seed=args.seed,
-                             epochs=args.epochs, lr=args.lr, threads=args.threads)
+                             epochs=args.epochs, lr=args.lr, threads=args.threads, warmup_steps=args.warmup_steps,
+                             init_from=args.init_from)
         result = train_toy_coder(cfg, out)
         print(json.dumps({k: v for k, v in result.metrics.items() if k != "losses"}, indent=2))
     if args.no_eval:

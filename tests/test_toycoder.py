@@ -176,3 +176,28 @@ def test_shipped_model_loads_and_round_trips():
     assert tok.decode(enc.input_ids) == program and tok.eos_token_id is not None and tok.pad_token_id is not None
     cfg = ModelConfig(name_or_path="toy-coder")
     assert load_tokenizer(cfg).padding_side == "left" and load_base_model(cfg).config.vocab_size == len(tok)
+
+
+def test_second_stage_continues_from_a_trained_model(tiny_run, tmp_path):
+    import dataclasses
+
+    cfg = dataclasses.replace(TINY, corpus=ToyCorpusConfig(n_samples=16, seed=1), init_from=str(tiny_run.out_dir))
+    second = train_toy_coder(cfg, tmp_path, progress=False)
+    assert second.losses[:5] == tiny_run.losses and len(second.losses) == 7
+    assert second.losses[5][1] < tiny_run.losses[0][1]  # starts from the trained weights, not from scratch
+    assert second.metrics["earlier_stage"]["n_samples"] == 40
+    assert (tmp_path / "tokenizer.json").read_text() == (tiny_run.out_dir / "tokenizer.json").read_text()
+
+
+def test_acceptance_criteria():
+    from prmlab.toycoder_eval import acceptance
+
+    good = {"pass_at_1_by_bucket": {"2-3": 0.6, "4-7": 0.35, "8-12": 0.15},
+            "pass_at_1_by_length": {"2": 0.7, "3": 0.5, "4": 0.52, "8": 0.2, "12": 0.1},
+            "failures": {"wrong_like": 0.3, "revised_like": 0.7, "first_mistake_is_slip": 0.5},
+            "samples_with_fix": 0.1, "samples_with_comment": 0.03, "samples_with_noop": 0.02}
+    assert all(acceptance(good).values())
+    bad = {**good, "pass_at_1_by_length": {"2": 0.7, "3": 0.4, "4": 0.5}, "samples_with_noop": 0.0}
+    res = acceptance(bad)
+    assert not res["falling steadily with length"] and not res["comment and no-op lines in a small fraction (0-10%)"]
+    assert res["pass@1 >= 50% on 2-3 lines"]
