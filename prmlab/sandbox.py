@@ -224,22 +224,28 @@ class _Worker:
                            timeout=30, check=False, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
 
 
-def _run_on(worker: _Worker | None, job: dict[str, Any]) -> tuple[_Worker, dict[str, Any]]:
+def _run_on(worker: _Worker | None, job: dict[str, Any]) -> tuple[_Worker | None, dict[str, Any]]:
     """Run a job, respawning a worker that is missing, dead or stuck; a dead worker's job is ``crashed``."""
     if worker is None or worker.proc.poll() is not None:
         if worker is not None:
             worker.close(kill=True)
         worker = _Worker()
     try:
+        worker.read_hello()
+    except (EOFError, TimeoutError, OSError, ValueError) as e:
+        worker.close(kill=True)
+        return None, {"status": "error", "n_passed": 0, "failing_index": None,
+                      "message": f"the sandbox worker failed to start ({type(e).__name__}: {e})"}
+    try:
         reply = worker.request(job)
     except (EOFError, TimeoutError, OSError, ValueError) as e:
         worker.close(kill=True)
         reply = {"status": "crashed", "n_passed": 0, "failing_index": None, "worker_died": True,
                  "message": f"the sandbox worker died or hung while running the program ({type(e).__name__})"}
-        return _Worker(), reply
-    if not reply.get("clean", True):
+        return None, reply
+    if not reply.get("clean", True):  # it could not kill everything: replace it (a fresh one starts lazily)
         worker.close(kill=True)
-        worker = _Worker()
+        worker = None
     return worker, reply
 
 

@@ -1,0 +1,164 @@
+"""Known-answer programs for every result type, the opt-in, batching, caching and worker respawn of the sandbox."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from prmlab.config import SandboxConfig
+from prmlab.records import Task
+from prmlab.sandbox import ExecutionNotAllowed, Sandbox, cache_key, make_job, run_program
+
+CFG = SandboxConfig(allow_execution=True, timeout_s=3.0, cpu_time_s=1, workers=2)
+TASK = Task(task_id="toy/inc", prompt="def inc(x):\n", entry_point="inc",
+            tests=("_out = inc(1)\nassert type(_out) is int and _out == 2, _out",
+                   "_out = inc(5)\nassert type(_out) is int and _out == 6, _out",
+                   "_out = inc(-1)\nassert type(_out) is int and _out == 0, _out"),
+            reference="    return x + 1\n")
+GOOD = "def inc(x):\n    return x + 1\n"
+
+
+@pytest.fixture(scope="module")
+def sb():
+    with Sandbox(CFG) as s:
+        yield s
+
+
+def test_execution_needs_opt_in():
+    for call in (lambda: run_program(GOOD, TASK, SandboxConfig()), lambda: Sandbox(SandboxConfig())):
+        with pytest.raises(ExecutionNotAllowed, match="docs/safety.md") as e:
+            call()
+        assert isinstance(e.value, RuntimeError)
+
+
+def test_run_program_passes_reference():
+    r = run_program(TASK.prompt + TASK.reference, TASK, CFG)
+    assert (r.status, r.n_passed, r.n_tests, r.pass_fraction, r.cached) == ("passed", 3, 3, 1.0, False)
+
+
+@pytest.mark.parametrize("program, status, n_passed, failing, message", [
+    (GOOD, "passed", 3, None, None),
+    ("def inc(x):\n    return x + 1 if x > 0 else 7\n", "failed", 2, 2, "AssertionError: 7"),
+    ("def inc(x):\n    return float(x + 1)\n", "failed", 0, 0, "AssertionError: 2.0"),
+    ("def inc(x):\n    return x + 1 + 0 // (x - 1)\n", "failed", 2, 0, "ZeroDivisionError"),
+    ("def inc(x) return x\n", "failed", 0, None, "program raised SyntaxError"),
+    ("import sys\ndef inc(x):\n    return x + 1\nsys.exit(0)\n", "failed", 0, None, "program raised SystemExit: 0"),
+    ("def inc(x):\n    while True:\n        pass\n", "timed_out", 0, 0, "CPU time limit"),
+    ("import time\ndef inc(x):\n    time.sleep(60)\n", "timed_out", 0, 0, "wall-clock timeout"),
+    ("import os\ndef inc(x):\n    os._exit(0)\n", "crashed", 0, 0, "exited with status 0"),
+    ("import os, signal\ndef inc(x):\n    if x == 5:\n        os.kill(os.getpid(), signal.SIGSEGV)\n    return x + 1\n",
+     "crashed", 1, 1, "killed by signal SIGSEGV"),
+])
+def test_known_answers(sb, program, status, n_passed, failing, message):
+    r = sb.run(program, TASK)
+    assert r.status == status, r
+    assert r.n_tests == 3 and r.n_passed == n_passed, r
+    assert r.failing_test == (TASK.tests[failing] if failing is not None else None), r
+    assert (r.message is None) if message is None else (message in (r.message or "")), r
+
+
+def test_program_line_in_message(sb):
+    r = sb.run("def inc(x):\n    y = x + 1\n    return y / 0\n", TASK)
+    assert r.status == "failed" and "ZeroDivisionError" in r.message and "program line 3" in r.message
+
+
+def test_tests_run_in_separate_namespaces_after_setup(sb):
+    task = dataclasses.replace(TASK, test_setup="OFFSET = inc(0) - 1\n",
+                               tests=("LEAK = 1\nassert inc(OFFSET) == 1", "assert 'LEAK' not in globals()"))
+    assert sb.run(GOOD, task).status == "passed"
+    broken = dataclasses.replace(task, test_setup="OFFSET = undefined_name\n")
+    r = sb.run(GOOD, broken)
+    assert r.status == "failed" and r.n_passed == 0 and "test setup raised NameError" in r.message
+
+
+def test_stdin_mode_runs_program_per_test(sb):
+    task = Task(task_id="io/sum", prompt="", entry_point="__main__", meta={"io": "stdin"},
+                tests=("assert _prmlab_run_stdin('1 2\\n').split() == ['3']",
+                       "assert _prmlab_run_stdin('10 -4\\n').split() == ['6']"))
+    assert sb.run("a, b = map(int, input().split())\nprint(a + b)\n", task).status == "passed"
+    r = sb.run("a, b = map(int, input().split())\nprint(a - b)\n", task)
+    assert r.status == "failed" and r.n_passed == 0
+
+
+def test_run_many_preserves_order_and_deduplicates(sb):
+    programs = [GOOD, "def inc(x):\n    return x\n", "import time\ndef inc(x):\n    time.sleep(0.3)\n    return x + 1\n",
+                GOOD, "def inc(x):\n    return x - 1\n"] * 3
+    before = dataclasses.replace(sb.stats)
+    results = sb.run_many([(p, TASK) for p in programs])
+    assert [r.status for r in results] == ["passed", "failed", "passed", "passed", "failed"] * 3
+    assert sb.stats.executed - before.executed == 4  # four distinct programs
+    assert sb.stats.duplicates - before.duplicates == 11
+
+
+def test_cache_hits_and_reload(tmp_path):
+    cfg = dataclasses.replace(CFG, workers=1)
+    with Sandbox(cfg, cache_dir=tmp_path) as sb:
+        first = sb.run_many([(GOOD, TASK), ("def inc(x):\n    return x\n", TASK)])
+        again = sb.run_many([(GOOD, TASK), ("def inc(x):\n    return x\n", TASK)])
+        assert [r.cached for r in first] == [False, False] and [r.cached for r in again] == [True, True]
+        assert [dataclasses.replace(r, cached=False, duration_s=0) for r in again] == \
+               [dataclasses.replace(r, duration_s=0) for r in first]
+        assert sb.stats.cache_hits == 2 and sb.stats.executed == 2 and sb.stats.hit_rate == 0.5
+    with Sandbox(cfg, cache_dir=tmp_path) as sb:  # a new session reads the file
+        assert sb.run(GOOD, TASK).cached
+        other_limits = Sandbox(dataclasses.replace(cfg, memory_mb=512), cache_dir=tmp_path)
+        with other_limits:
+            assert not other_limits.run(GOOD, TASK).cached  # limits are part of the key
+
+
+def test_cache_key_covers_program_tests_and_limits():
+    base = cache_key(make_job(GOOD, TASK, CFG))
+    assert base == cache_key(make_job(GOOD, TASK, CFG))
+    assert base != cache_key(make_job(GOOD + " ", TASK, CFG))
+    assert base != cache_key(make_job(GOOD, dataclasses.replace(TASK, tests=TASK.tests[:2]), CFG))
+    assert base != cache_key(make_job(GOOD, dataclasses.replace(TASK, test_setup="x = 1"), CFG))
+    assert base != cache_key(make_job(GOOD, TASK, dataclasses.replace(CFG, timeout_s=4.0)))
+
+
+def test_harness_errors_are_reported_and_never_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRMLAB_SANDBOX_TMP", str(tmp_path / "does-not-exist"))
+    with Sandbox(dataclasses.replace(CFG, workers=1), cache_dir=tmp_path / "cache") as sb:
+        r = sb.run(GOOD, TASK)
+        assert r.status == "error" and "failed to start" in r.message
+        assert sb.run(GOOD, TASK).status == "error"
+        assert sb.stats.errors == 2 and sb.stats.cache_hits == 0
+    cache_file = tmp_path / "cache" / "sandbox_cache.jsonl"
+    assert not cache_file.exists() or not cache_file.read_text().strip()
+
+
+def test_worker_killed_mid_run_is_crashed_and_respawned():
+    with Sandbox(dataclasses.replace(CFG, workers=1)) as sb:
+        assert sb.run(GOOD, TASK).passed
+        worker_pid = sb._workers[0].proc.pid
+        killer = threading.Timer(0.5, os.kill, (worker_pid, signal.SIGKILL))
+        killer.start()
+        r = sb.run("import time\ndef inc(x):\n    time.sleep(30)\n", TASK)
+        killer.join()
+        assert r.status == "crashed" and "worker died" in r.message
+        assert sb.run(GOOD, TASK).passed and sb._workers[0].proc.pid != worker_pid
+
+
+def test_progress_bar_and_stats_dict(sb, capsys):
+    results = sb.run_many([(GOOD + f"# {i}\n", TASK) for i in range(6)], progress=True)
+    assert all(r.passed for r in results)
+    stats = sb.stats.as_dict()
+    assert stats["requests"] == stats["executed"] + stats["cache_hits"] + stats["duplicates"]
+    assert 0 <= stats["hit_rate"] <= 1 and stats["time_s"] > 0
+
+
+def test_closed_sandbox_refuses():
+    sb = Sandbox(CFG)
+    sb.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        sb.run(GOOD, TASK)
+
+
+def test_many_programs_on_all_workers(sb):
+    start = time.perf_counter()
+    results = sb.run_many([(GOOD + f"# {i}\n", TASK) for i in range(60)])
+    assert all(r.passed for r in results) and time.perf_counter() > start

@@ -1,0 +1,178 @@
+"""Hostile programs: each is contained, reported correctly, leaves no process behind, and the sandbox stays usable.
+
+The toy task checks exact value and type (``type(_out) is int and _out == expected``), as the toy world does.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from prmlab.config import SandboxConfig
+from prmlab.records import Task
+from prmlab.sandbox import Sandbox
+
+CFG = SandboxConfig(allow_execution=True, timeout_s=3.0, cpu_time_s=1, memory_mb=256, max_processes=16, workers=2)
+TASK = Task(task_id="toy/double", prompt="def double(x):\n", entry_point="double",
+            tests=tuple(f"_out = double({x})\nassert type(_out) is int and _out == {2 * x}, _out" for x in (1, 4, -3)))
+GOOD = "def double(x):\n    return 2 * x\n"
+ROOT = os.geteuid() == 0
+needs_root = pytest.mark.skipif(not ROOT, reason="uid isolation needs root; see docs/safety.md")
+
+
+@pytest.fixture(scope="module")
+def sb():
+    with Sandbox(CFG) as s:
+        s.run_many([(GOOD + f"# {i}\n", TASK) for i in range(4)])  # start both workers
+        yield s
+
+
+def sandbox_uids(sb: Sandbox) -> set[int]:
+    return {w.hello["uid"] for w in sb._workers if w is not None and w.hello and w.hello["uid"] is not None}
+
+
+def processes_of(uids: set[int]) -> list[int]:
+    """Live (non-zombie) processes whose real uid is one of ``uids``."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            status = Path(f"/proc/{name}/status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if int(fields["Uid"].split()[0]) in uids and not fields["State"].strip().startswith("Z"):
+            found.append(int(name))
+    return found
+
+
+def descendants(pid: int) -> set[int]:
+    parent = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                stat = Path(f"/proc/{name}/stat").read_bytes()
+                parent[int(name)] = int(stat[stat.rindex(b")") + 2:].split()[1])
+            except (OSError, ValueError):
+                pass
+    out, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, pp in parent.items() if pp in frontier} - out
+        out |= frontier
+    return out
+
+
+def run_contained(sb: Sandbox, program: str, task: Task = TASK):
+    """Run, then check that nothing but the workers remains and the sandbox still passes a good program."""
+    workers = {w.proc.pid for w in sb._workers if w is not None}
+    result = sb.run(program, task)
+    uids = sandbox_uids(sb)
+    if ROOT:
+        assert uids and not processes_of(uids), "a sandboxed process survived"
+    live_workers = {w.proc.pid for w in sb._workers if w is not None}
+    assert descendants(os.getpid()) - live_workers - workers == set(), "a process survived the call"
+    assert sb.run(GOOD, task).passed, "the sandbox is not usable after the hostile program"
+    return result
+
+
+HOSTILE = {
+    "infinite loop": ("def double(x):\n    while True:\n        pass\n", "timed_out"),
+    "cpu spin in C": ("def double(x):\n    return sum(range(10 ** 12))\n", "timed_out"),
+    "regex catastrophe": ("import re\ndef double(x):\n    return re.match(r'(a+)+$', 'a' * 40 + 'b')\n", "timed_out"),
+    "memory bomb": ("def double(x):\n    hog = []\n    while True:\n        hog.append(bytearray(10 ** 7))\n", "failed"),
+    "one huge allocation": ("def double(x):\n    return len(bytearray(10 ** 11))\n", "failed"),
+    "fork bomb": ("import os\ndef double(x):\n    while True:\n        try:\n            os.fork()\n"
+                  "        except OSError:\n            pass\n", "timed_out"),
+    "endless output": ("def double(x):\n    while True:\n        print('spam' * 1000)\n", "timed_out"),
+    "sys.exit(0) at top level": ("import sys\ndef double(x):\n    return 2 * x\nsys.exit(0)\n", "failed"),
+    "sys.exit(0) in a test": ("import sys\ndef double(x):\n    sys.exit(0)\n", "failed"),
+    "os._exit(0) at top level": ("import os\ndef double(x):\n    return 2 * x\nos._exit(0)\n", "crashed"),
+    "os._exit(0) in a test": ("import os\ndef double(x):\n    os._exit(0)\n", "crashed"),
+    "kill itself": ("import os, signal\ndef double(x):\n    os.kill(os.getpid(), signal.SIGKILL)\n", "crashed"),
+    "a child kills everything it may": ("import os, signal, time\nif os.fork() == 0:\n    os.kill(-1, signal.SIGKILL)\n"
+                                        "    os._exit(0)\ntime.sleep(2)\ndef double(x):\n    return 2 * x\n", "crashed"),
+    "ignore SIGTERM and sleep": ("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                                 "def double(x):\n    time.sleep(60)\n", "timed_out"),
+    "closes fds 0-2, wrong": ("import os\nfor fd in (0, 1, 2):\n    os.close(fd)\n"
+                              "def double(x):\n    return x\n", "failed"),
+    "closes every fd": ("import os\nos.closerange(0, 1024)\ndef double(x):\n    return 2 * x\n", "crashed"),
+    "forged report without nonce": ("import os\nfor fd in range(3, 10):\n    try:\n        os.write(fd, b'x 1 D\\n')\n"
+                                    "    except OSError:\n        pass\ndef double(x):\n    return x\n", "failed"),
+    "always-equal object": ("class Eq(int):\n    def __eq__(self, other):\n        return True\n"
+                            "    __hash__ = int.__hash__\ndef double(x):\n    return Eq(0)\n", "failed"),
+    "always-equal plus fake type()": ("import builtins\nclass Eq:\n    def __eq__(self, other):\n        return True\n"
+                                      "builtins.type = lambda obj: int\ntype = lambda obj: int\n"
+                                      "def double(x):\n    return Eq()\n", "failed"),
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_hostile_program_is_contained(sb, name):
+    program, status = HOSTILE[name]
+    r = run_contained(sb, program)
+    assert r.status == status, (name, r)
+    assert not r.passed and r.n_passed < r.n_tests
+    if name in ("memory bomb", "one huge allocation"):
+        assert "MemoryError" in r.message
+
+
+@needs_root
+def test_killing_the_parent_fails_and_the_worker_survives(sb):
+    pids = [w.proc.pid for w in sb._workers if w is not None]
+    program = ("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n"
+               "def double(x):\n    return 2 * x\n")
+    r = run_contained(sb, program)
+    assert r.status == "failed" and "PermissionError" in r.message
+    assert [w.proc.pid for w in sb._workers if w is not None] == pids
+
+
+@pytest.mark.parametrize("program", [
+    "import subprocess\nsubprocess.Popen(['sleep', '60'])\ndef double(x):\n    return 2 * x\n",
+    "import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        time.sleep(60)\n"
+    "    os._exit(0)\ndef double(x):\n    return 2 * x\n",
+], ids=["background child", "detached grandchild in its own session"])
+def test_leaving_a_process_never_passes(sb, program):
+    r = run_contained(sb, program)
+    assert r.status == "failed" and r.n_passed == 0 and "left processes running" in r.message
+
+
+def test_huge_output_is_bounded_and_correct_program_still_passes(sb):
+    r = run_contained(sb, "print('x' * (40 * 2 ** 20))\ndef double(x):\n    return 2 * x\n")
+    assert r.passed
+
+
+def test_a_correct_program_that_closes_stdout_passes_on_merit(sb):
+    r = run_contained(sb, "import os, sys\nsys.stdout.close()\nos.close(1)\nos.close(2)\n"
+                          "def double(x):\n    return 2 * x\n")
+    assert r.passed
+
+
+@needs_root
+def test_writing_outside_the_working_directory_fails(sb, tmp_path):
+    repo_target = Path(__file__).resolve().parents[1] / "sandbox_escape_probe.txt"
+    tmp_target = tmp_path / "escape.txt"
+    home_target = Path(os.path.expanduser("~")) / "sandbox_escape_probe.txt"
+    program = (
+        "import os\nresults = {}\n"
+        f"for path in {[str(repo_target), str(tmp_target), str(home_target)]!r}:\n"
+        "    try:\n        open(path, 'w').write('escaped')\n        results[path] = True\n"
+        "    except OSError:\n        results[path] = False\n"
+        "open('own.txt', 'w').write('inside')\n"
+        "def double(x):\n    assert open('own.txt').read() == 'inside'\n"
+        "    assert not any(results.values()), results\n    return 2 * x\n")
+    try:
+        r = run_contained(sb, program)
+        assert r.passed, r  # it may write its own directory, and nothing else
+        assert not repo_target.exists() and not tmp_target.exists() and not home_target.exists()
+    finally:
+        for p in (repo_target, tmp_target, home_target):
+            if p.exists():
+                p.unlink()
+
+
+def test_file_size_limit(sb):
+    r = run_contained(sb, "def double(x):\n    open('big', 'wb').write(b'0' * (64 * 2 ** 20))\n    return 2 * x\n")
+    assert r.status == "failed" and "File too large" in r.message
