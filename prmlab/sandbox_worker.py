@@ -54,19 +54,19 @@ def _prctl(libc, option, value):
 
 
 # ----------------------------------------------------------------------------------------------- child side
-def _harness(job, nonce):
+def _harness(job, nonce, safe_builtins):
     """Run program, test setup and tests; report each step as ``<nonce> <pid> <kind> ...`` on RESULT_FD.
 
     Kinds: ``S`` (sandbox ready), ``P ok msg`` (program ran), ``T i ok msg`` (test i), ``D`` (done). Everything
     the harness needs is bound to locals before untrusted code runs, so a program that replaces builtins, closes
-    fds 0-2 or raises SystemExit cannot forge a pass.
+    fds 0-2 or raises SystemExit cannot forge a pass. ``safe_builtins`` is a copy of the builtins made by the
+    worker before any program ran (made there once, because copying it in every child costs page faults).
     """
     import builtins
     import io
 
     write, getpid, exit_ = os.write, os.getpid, os._exit
     base_exc, compile_, exec_, dict_, str_, type_, len_ = BaseException, compile, exec, dict, str, type, len
-    safe_builtins = dict_(builtins.__dict__)  # builtins as they were before the program ran
     pid = getpid()
 
     def report(*parts):
@@ -142,7 +142,7 @@ def _harness(job, nonce):
     exit_(0)
 
 
-def _child(job, nonce, res_w, out_w, workdir, creds, libc):
+def _child(job, nonce, res_w, out_w, workdir, creds, libc, safe_builtins):
     """Set up the sandboxed process (never returns)."""
     try:
         os.setsid()
@@ -152,9 +152,7 @@ def _child(job, nonce, res_w, out_w, workdir, creds, libc):
         os.dup2(out_w, 2)
         os.dup2(res_w, RESULT_FD)
         os.closerange(RESULT_FD + 1, 1 << 16)
-        os.chdir(workdir)
-        os.environ.clear()
-        os.environ.update(HOME=workdir, TMPDIR=workdir, PATH="/usr/local/bin:/usr/bin:/bin", LANG="C.UTF-8")
+        os.chdir(workdir)  # HOME and TMPDIR point here (set once in the worker: the path is the same every run)
         lim = job["limits"]
         mib = 1 << 20
         for res, soft, hard in ((resource.RLIMIT_CORE, 0, 0),
@@ -170,11 +168,10 @@ def _child(job, nonce, res_w, out_w, workdir, creds, libc):
             os.setuid(creds[0])
         _prctl(libc, PR_SET_PDEATHSIG, signal.SIGKILL)  # after setuid, which clears it
         _prctl(libc, PR_SET_NO_NEW_PRIVS, 1)  # setuid binaries cannot raise privileges
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
     except BaseException:
         os._exit(SETUP_FAILED)
     try:
-        _harness(job, nonce)
+        _harness(job, nonce, safe_builtins)
     finally:
         os._exit(SETUP_FAILED + 2)
 
@@ -190,7 +187,13 @@ class Worker:
         self.stdlib_readable = True
         self.creds = self._acquire_uid() if os.geteuid() == 0 else None
         self.base = self._make_base()
-        self.counter = 0
+        self.workdir = os.path.join(self.base, "work")
+        import builtins
+
+        self.safe_builtins = dict(builtins.__dict__)  # what tests see as builtins, whatever a program changes
+        os.environ.clear()  # the child inherits this environment; changing it there would cost copy-on-write faults
+        os.environ.update(HOME=self.workdir, TMPDIR=self.workdir, PATH="/usr/local/bin:/usr/bin:/bin",
+                          LANG="C.UTF-8")
         if self.creds is not None:
             self._kill_uid()  # leftovers of a worker that died while holding this uid
 
@@ -347,8 +350,7 @@ class Worker:
 
     # -- one job ---------------------------------------------------------------------------------------------
     def run(self, job):
-        self.counter += 1
-        workdir = os.path.join(self.base, str(self.counter))
+        workdir = self.workdir  # a fresh, empty directory every run, always at the same path
         os.mkdir(workdir, 0o700)
         if self.creds is not None:
             os.chown(workdir, *self.creds)
@@ -358,7 +360,7 @@ class Worker:
         t0 = time.monotonic()
         pid = os.fork()
         if pid == 0:
-            _child(job, nonce, res_w, out_w, workdir, self.creds, self.libc)
+            _child(job, nonce, res_w, out_w, workdir, self.creds, self.libc, self.safe_builtins)
         os.close(res_w)
         os.close(out_w)
         try:
@@ -470,7 +472,7 @@ def _verdict(job, nonce, pid, status, rusage, timed_out, survivors, report, outp
         res["message"] = tests[failing][1] if failing in tests else None
     if timed_out:
         return dict(res, status="timed_out", message=f"wall-clock timeout after {job['limits']['timeout_s']} s")
-    if code in (-signal.SIGXCPU, -signal.SIGKILL) and cpu >= job["limits"]["cpu_time_s"] - 0.05:
+    if code == -signal.SIGXCPU or (code == -signal.SIGKILL and cpu >= job["limits"]["cpu_time_s"]):
         return dict(res, status="timed_out", message=f"CPU time limit of {job['limits']['cpu_time_s']} s exceeded")
     if done and code == 0 and survivors:
         return dict(res, status="failed", n_passed=0,
