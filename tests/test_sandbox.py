@@ -14,7 +14,7 @@ from prmlab.config import SandboxConfig
 from prmlab.records import Task
 from prmlab.sandbox import ExecutionNotAllowed, Sandbox, cache_key, make_job, run_program
 
-CFG = SandboxConfig(allow_execution=True, timeout_s=3.0, cpu_time_s=1, workers=2)
+CFG = SandboxConfig(allow_execution=True, timeout_s=1.5, cpu_time_s=1, workers=2)
 TASK = Task(task_id="toy/inc", prompt="def inc(x):\n", entry_point="inc",
             tests=("_out = inc(1)\nassert type(_out) is int and _out == 2, _out",
                    "_out = inc(5)\nassert type(_out) is int and _out == 6, _out",
@@ -48,7 +48,7 @@ def test_run_program_passes_reference():
     ("def inc(x):\n    return x + 1 + 0 // (x - 1)\n", "failed", 2, 0, "ZeroDivisionError"),
     ("def inc(x) return x\n", "failed", 0, None, "program raised SyntaxError"),
     ("import sys\ndef inc(x):\n    return x + 1\nsys.exit(0)\n", "failed", 0, None, "program raised SystemExit: 0"),
-    ("def inc(x):\n    while True:\n        pass\n", "timed_out", 0, 0, "CPU time limit"),
+    ("def inc(x):\n    while True:\n        pass\n", "timed_out", 0, 0, "CPU time limit|wall-clock timeout"),
     ("import time\ndef inc(x):\n    time.sleep(60)\n", "timed_out", 0, 0, "wall-clock timeout"),
     ("import os\ndef inc(x):\n    os._exit(0)\n", "crashed", 0, 0, "exited with status 0"),
     ("import os, signal\ndef inc(x):\n    if x == 5:\n        os.kill(os.getpid(), signal.SIGSEGV)\n    return x + 1\n",
@@ -59,7 +59,7 @@ def test_known_answers(sb, program, status, n_passed, failing, message):
     assert r.status == status, r
     assert r.n_tests == 3 and r.n_passed == n_passed, r
     assert r.failing_test == (TASK.tests[failing] if failing is not None else None), r
-    assert (r.message is None) if message is None else (message in (r.message or "")), r
+    assert (r.message is None) if message is None else any(m in (r.message or "") for m in message.split("|")), r
 
 
 def test_program_line_in_message(sb):
@@ -135,9 +135,9 @@ def test_worker_killed_mid_run_is_crashed_and_respawned():
     with Sandbox(dataclasses.replace(CFG, workers=1)) as sb:
         assert sb.run(GOOD, TASK).passed
         worker_pid = sb._workers[0].proc.pid
-        killer = threading.Timer(0.5, os.kill, (worker_pid, signal.SIGKILL))
+        killer = threading.Timer(0.3, os.kill, (worker_pid, signal.SIGKILL))
         killer.start()
-        r = sb.run("import time\ndef inc(x):\n    time.sleep(30)\n", TASK)
+        r = sb.run("import time\ndef inc(x):\n    time.sleep(1)\n", TASK)
         killer.join()
         assert r.status == "crashed" and "worker died" in r.message
         assert sb.run(GOOD, TASK).passed and sb._workers[0].proc.pid != worker_pid

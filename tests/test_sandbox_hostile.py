@@ -14,7 +14,7 @@ from prmlab.config import SandboxConfig
 from prmlab.records import Task
 from prmlab.sandbox import Sandbox
 
-CFG = SandboxConfig(allow_execution=True, timeout_s=3.0, cpu_time_s=1, memory_mb=256, max_processes=16, workers=2)
+CFG = SandboxConfig(allow_execution=True, timeout_s=1.5, cpu_time_s=1, memory_mb=256, max_processes=16, workers=2)
 TASK = Task(task_id="toy/double", prompt="def double(x):\n", entry_point="double",
             tests=tuple(f"_out = double({x})\nassert type(_out) is int and _out == {2 * x}, _out" for x in (1, 4, -3)))
 GOOD = "def double(x):\n    return 2 * x\n"
