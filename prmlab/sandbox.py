@@ -36,6 +36,7 @@ import json
 import os
 import queue
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -218,6 +219,9 @@ class _Worker:
         except OSError:
             pass
         self.proc.wait()
+        base = (self.hello or {}).get("base")
+        if base and Path(base).name.startswith("prmlab-sandbox-"):
+            shutil.rmtree(base, ignore_errors=True)
         uid = (self.hello or {}).get("uid")
         if uid is not None:  # the worker's programs may outlive it; kill them from a fresh process
             subprocess.run([sys.executable, "-I", "-S", "-B", str(WORKER_PATH), "--kill-uid", str(uid)],

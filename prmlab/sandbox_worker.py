@@ -42,6 +42,8 @@ SETUP_FAILED = 71
 """Exit status of a child whose sandbox setup failed before the program ran."""
 MSG_CHARS = 300
 PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
+WORK_TMPFS_MB = 256
+"""Size of the private tmpfs holding the working directories (as root); files also obey RLIMIT_FSIZE."""
 PRELOAD = ("typing", "math", "re", "collections", "itertools", "functools", "heapq", "bisect", "string", "random",
            "copy", "hashlib", "fractions", "statistics", "operator", "io")
 """Standard-library modules imported once by the worker, so that each forked program finds them in sys.modules
@@ -152,7 +154,7 @@ def _child(job, nonce, res_w, out_w, workdir, creds, libc, safe_builtins):
         os.dup2(out_w, 2)
         os.dup2(res_w, RESULT_FD)
         os.closerange(RESULT_FD + 1, 1 << 16)
-        os.chdir(workdir)  # HOME and TMPDIR point here (set once in the worker: the path is the same every run)
+        os.chdir(workdir)  # HOME and TMPDIR are "." (set once in the worker: editing the environment here is slow)
         lim = job["limits"]
         mib = 1 << 20
         for res, soft, hard in ((resource.RLIMIT_CORE, 0, 0),
@@ -184,16 +186,18 @@ class Worker:
         self.libc = self._load_libc()
         self.subreaper = _prctl(self.libc, PR_SET_CHILD_SUBREAPER, 1) == 0
         self.lock_fd = None
+        self.private_ns = None
+        self.tmpfs = False
         self.stdlib_readable = True
         self.creds = self._acquire_uid() if os.geteuid() == 0 else None
         self.base = self._make_base()
-        self.workdir = os.path.join(self.base, "work")
+        self.counter = 0
+        self.previous = None
         import builtins
 
         self.safe_builtins = dict(builtins.__dict__)  # what tests see as builtins, whatever a program changes
         os.environ.clear()  # the child inherits this environment; changing it there would cost copy-on-write faults
-        os.environ.update(HOME=self.workdir, TMPDIR=self.workdir, PATH="/usr/local/bin:/usr/bin:/bin",
-                          LANG="C.UTF-8")
+        os.environ.update(HOME=".", TMPDIR=".", PATH="/usr/local/bin:/usr/bin:/bin", LANG="C.UTF-8")  # "." = the run's dir
         if self.creds is not None:
             self._kill_uid()  # leftovers of a worker that died while holding this uid
 
@@ -258,10 +262,8 @@ class Worker:
                        if not os.stat("/" + "/".join(parts[:i])).st_mode & 0o001), None)
         if hidden is None:
             return False
-        ms_rdonly, ms_remount, ms_bind, ms_rec, ms_private = 1, 32, 4096, 16384, 1 << 18
-        if self.libc.unshare(0x00020000) != 0:  # CLONE_NEWNS
-            return False
-        if self.libc.mount(None, b"/", None, ms_rec | ms_private, None) != 0:
+        ms_rdonly, ms_remount, ms_bind, ms_rec = 1, 32, 4096, 16384
+        if not self._private_mounts():
             return False
         src = os.open(prefix, os.O_PATH | os.O_DIRECTORY)  # opened inside the new namespace, before hiding
         try:
@@ -277,10 +279,23 @@ class Worker:
         finally:
             os.close(src)
 
+    def _private_mounts(self):
+        """Give this worker (and its children, never the caller) a private mount namespace; True on success."""
+        if self.private_ns is None:
+            ok = self.libc is not None and os.geteuid() == 0 and self.libc.unshare(0x00020000) == 0  # CLONE_NEWNS
+            # MS_REC | MS_PRIVATE: nothing mounted here propagates back
+            self.private_ns = ok and self.libc.mount(None, b"/", None, 16384 | (1 << 18), None) == 0
+        return self.private_ns
+
     def _make_base(self):
+        """The directory holding each run's working directory: a private, size-capped tmpfs when root (metadata
+        operations on a shared disk can take milliseconds each), else a directory under /tmp."""
         root = os.environ.get("PRMLAB_SANDBOX_TMP") or "/tmp"
         base = os.path.join(root, f"prmlab-sandbox-{os.getpid()}-{os.urandom(4).hex()}")
         os.mkdir(base, 0o711 if self.creds else 0o700)
+        if self.creds is not None and self._private_mounts():
+            opts = f"mode=0711,size={WORK_TMPFS_MB}m,nr_inodes=65536".encode()
+            self.tmpfs = self.libc.mount(b"tmpfs", base.encode(), b"tmpfs", 2 | 4, opts) == 0  # MS_NOSUID|MS_NODEV
         return base
 
     # -- cleanup --------------------------------------------------------------------------------------------
@@ -350,7 +365,8 @@ class Worker:
 
     # -- one job ---------------------------------------------------------------------------------------------
     def run(self, job):
-        workdir = self.workdir  # a fresh, empty directory every run, always at the same path
+        self.counter += 1
+        workdir = os.path.join(self.base, str(self.counter))  # a fresh, empty directory for every run
         os.mkdir(workdir, 0o700)
         if self.creds is not None:
             os.chown(workdir, *self.creds)
@@ -363,6 +379,9 @@ class Worker:
             _child(job, nonce, res_w, out_w, workdir, self.creds, self.libc, self.safe_builtins)
         os.close(res_w)
         os.close(out_w)
+        if self.previous is not None:  # removed while this program runs (rmdir can take milliseconds)
+            shutil.rmtree(self.previous, ignore_errors=True)
+        self.previous = workdir
         try:
             status, rusage, timed_out, report, output = self._wait(pid, res_r, out_r, job["limits"], t0)
         finally:
@@ -375,7 +394,8 @@ class Worker:
         except OSError:
             pass
         clean = self._clean()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if self.creds is not None:
+            os.chown(workdir, 0, 0)  # 0700 root: the next program (same uid) cannot look inside
         result = _verdict(job, nonce, pid, status, rusage, timed_out, survivors, report, output)
         result.update(duration_s=duration, cpu_s=rusage.ru_utime + rusage.ru_stime if rusage else 0.0)
         return result, clean
@@ -432,6 +452,8 @@ class Worker:
 
     def close(self):
         self._clean()
+        if self.tmpfs:
+            self.libc.umount2(self.base.encode(), 2)  # MNT_DETACH; the files vanish with the tmpfs
         shutil.rmtree(self.base, ignore_errors=True)
 
 
@@ -499,7 +521,7 @@ def main():
 
     gc.freeze()  # objects that exist now are never scanned by a child's collector (fewer copy-on-write faults)
     hello = {"hello": 1, "pid": os.getpid(), "uid": worker.creds[0] if worker.creds else None,
-             "subreaper": worker.subreaper, "stdlib_readable": worker.stdlib_readable, "python": sys.version.split()[0]}
+             "subreaper": worker.subreaper, "base": worker.base, "stdlib_readable": worker.stdlib_readable, "python": sys.version.split()[0]}
     _send(hello)
     stdin = sys.stdin.buffer
     try:
