@@ -46,11 +46,8 @@ def default_program(task: Task, completion: str) -> str:
 
 def response_lines(completion: str) -> tuple[list[str], list[bool]]:
     """The lines (steps) of a completion and whether each is neutral (comment or blank)."""
-    try:
-        from prmlab.lines import is_neutral, split_lines
-    except ImportError:  # TEMPORARY until prmlab.lines lands
-        lines = completion.splitlines()
-        return lines, [not ln.strip() or ln.lstrip().startswith("#") for ln in lines]
+    from prmlab.lines import is_neutral, split_lines
+
     lines = list(split_lines(completion))
     return lines, [bool(is_neutral(line)) for line in lines]
 
