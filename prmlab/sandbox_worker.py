@@ -29,19 +29,18 @@ import signal
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from sandbox_harness import MSG_CHARS, SETUP_FAILED, _child, _prctl  # noqa: E402  (stdlib-only sibling module)
+
+del sys.path[0]  # programs must not import prmlab's modules as top-level names
+
 UID_BASE = 62000
 """First uid/gid tried for sandboxed programs; a worker locks one uid of [UID_BASE, UID_BASE + UID_RANGE)."""
 UID_RANGE = 2000
 LOCK_DIR = "/tmp/prmlab-sandbox-locks"
-RESULT_FD = 3
-"""File descriptor of the result pipe inside the child."""
 MAX_REPORT_BYTES = 4 << 20
 """At most this much of the result pipe is read (a program spamming it cannot exhaust the worker's memory)."""
-MAX_OPEN_FILES = 256
-SETUP_FAILED = 71
-"""Exit status of a child whose sandbox setup failed before the program ran."""
-MSG_CHARS = 300
-PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
+PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 36, 38
 WORK_TMPFS_MB = 256
 """Size of the private tmpfs holding the working directories (as root); files also obey RLIMIT_FSIZE."""
 PRELOAD = ("typing", "math", "re", "collections", "itertools", "functools", "heapq", "bisect", "string", "random",
@@ -50,132 +49,6 @@ PRELOAD = ("typing", "math", "re", "collections", "itertools", "functools", "hea
 instead of importing them again (most HumanEval/MBPP programs and tests import some of them). Importing them
 before any program runs has no effect a program could observe beyond timing."""
 
-
-def _prctl(libc, option, value):
-    return libc.prctl(option, value, 0, 0, 0) if libc is not None else -1
-
-
-# ----------------------------------------------------------------------------------------------- child side
-def _harness(job, nonce, safe_builtins):
-    """Run program, test setup and tests; report each step as ``<nonce> <pid> <kind> ...`` on RESULT_FD.
-
-    Kinds: ``S`` (sandbox ready), ``P ok msg`` (program ran), ``T i ok msg`` (test i), ``D`` (done). Everything
-    the harness needs is bound to locals before untrusted code runs, so a program that replaces builtins, closes
-    fds 0-2 or raises SystemExit cannot forge a pass. ``safe_builtins`` is a copy of the builtins made by the
-    worker before any program ran (made there once, because copying it in every child costs page faults).
-    """
-    import builtins
-    import io
-
-    write, getpid, exit_ = os.write, os.getpid, os._exit
-    base_exc, compile_, exec_, dict_, str_, type_, len_ = BaseException, compile, exec, dict, str, type, len
-    pid = getpid()
-
-    def report(*parts):
-        line = " ".join((nonce, str_(getpid())) + parts) + "\n"
-        try:
-            write(RESULT_FD, line.encode("utf-8", "replace"))
-        except base_exc:
-            exit_(SETUP_FAILED + 1)
-
-    def describe(e):
-        try:
-            text = type_(e).__name__ + ": " + str_(e)
-        except base_exc:
-            text = "exception (unprintable)"
-        tb, line = e.__traceback__, None
-        while tb is not None:
-            if tb.tb_frame.f_code.co_filename == "<program>":
-                line = tb.tb_lineno
-            tb = tb.tb_next
-        if line is not None:
-            text += f" (program line {line})"
-        return " ".join(text.split())[:MSG_CHARS] or "error"
-
-    def run_stdin(text, code):
-        """Run the program as a script with ``text`` as stdin; return what it printed (for stdin tasks)."""
-        import sys as sys_
-        old = sys_.stdin, sys_.stdout
-        out = io.BytesIO()
-        new = io.TextIOWrapper(io.BytesIO(text.encode()), encoding="utf-8"), io.TextIOWrapper(out, encoding="utf-8")
-        sys_.stdin, sys_.stdout = new
-        try:
-            exec_(code, {"__name__": "__main__", "__builtins__": builtins})
-        except SystemExit as e:
-            if e.code not in (None, 0):
-                raise
-        finally:
-            sys_.stdin, sys_.stdout = old
-            new[1].flush()
-        return out.getvalue().decode("utf-8", "replace")  # read while ``new`` still holds the wrappers open
-
-    report("S")
-    try:
-        code = compile_(job["program"], "<program>", "exec", dont_inherit=True, optimize=0)
-        ns = {"__name__": "__prmlab_program__", "__builtins__": builtins}
-        if job.get("mode") == "stdin":
-            ns = {"_prmlab_run_stdin": lambda text: run_stdin(text, code)}
-        else:
-            exec_(code, ns)
-    except base_exc as e:
-        report("P", "0", describe(e))
-        report("D")
-        exit_(0)
-    report("P", "1", "")
-    # Tests see the program's names but the real builtins (a program-defined ``type`` cannot fool them).
-    tns = {k: v for k, v in ns.items() if k not in safe_builtins}
-    tns["__builtins__"] = safe_builtins
-    tns["__name__"] = "__prmlab_tests__"
-    try:
-        exec_(compile_(job["setup"], "<test_setup>", "exec", dont_inherit=True, optimize=0), tns)
-    except base_exc as e:
-        for i in range(len_(job["tests"])):
-            report("T", str_(i), "0", "test setup raised " + describe(e))
-        report("D")
-        exit_(0)
-    for i, test in enumerate(job["tests"]):
-        try:
-            exec_(compile_(test, f"<test {i}>", "exec", dont_inherit=True, optimize=0), dict_(tns))
-            report("T", str_(i), "1", "")
-        except base_exc as e:
-            report("T", str_(i), "0", describe(e))
-    if getpid() == pid:
-        report("D")
-    exit_(0)
-
-
-def _child(job, nonce, res_w, out_w, workdir, creds, libc, safe_builtins):
-    """Set up the sandboxed process (never returns)."""
-    try:
-        os.setsid()
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.dup2(out_w, 1)
-        os.dup2(out_w, 2)
-        os.dup2(res_w, RESULT_FD)
-        os.closerange(RESULT_FD + 1, 1 << 16)
-        os.chdir(workdir)  # HOME and TMPDIR are "." (set once in the worker: editing the environment here is slow)
-        lim = job["limits"]
-        mib = 1 << 20
-        for res, soft, hard in ((resource.RLIMIT_CORE, 0, 0),
-                                (resource.RLIMIT_CPU, lim["cpu_time_s"], lim["cpu_time_s"] + 1),
-                                (resource.RLIMIT_AS, lim["memory_mb"] * mib, lim["memory_mb"] * mib),
-                                (resource.RLIMIT_FSIZE, lim["max_file_mb"] * mib, lim["max_file_mb"] * mib),
-                                (resource.RLIMIT_NOFILE, MAX_OPEN_FILES, MAX_OPEN_FILES),
-                                (resource.RLIMIT_NPROC, lim["nproc"], lim["nproc"])):
-            resource.setrlimit(res, (soft, hard))
-        if creds is not None:
-            os.setgroups([])
-            os.setgid(creds[1])
-            os.setuid(creds[0])
-        _prctl(libc, PR_SET_PDEATHSIG, signal.SIGKILL)  # after setuid, which clears it
-        _prctl(libc, PR_SET_NO_NEW_PRIVS, 1)  # setuid binaries cannot raise privileges
-    except BaseException:
-        os._exit(SETUP_FAILED)
-    try:
-        _harness(job, nonce, safe_builtins)
-    finally:
-        os._exit(SETUP_FAILED + 2)
 
 
 # ---------------------------------------------------------------------------------------------- worker side
@@ -198,6 +71,7 @@ class Worker:
         self.safe_builtins = dict(builtins.__dict__)  # what tests see as builtins, whatever a program changes
         os.environ.clear()  # the child inherits this environment; changing it there would cost copy-on-write faults
         os.environ.update(HOME=".", TMPDIR=".", PATH="/usr/local/bin:/usr/bin:/bin", LANG="C.UTF-8")  # "." = the run's dir
+        _prctl(self.libc, PR_SET_NO_NEW_PRIVS, 1)  # inherited by every child: setuid binaries cannot raise privileges
         if self.creds is not None:
             self._kill_uid()  # leftovers of a worker that died while holding this uid
 
