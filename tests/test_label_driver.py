@@ -305,3 +305,28 @@ def test_stage_refuses_to_execute_without_permission(tmp_path):
     with pytest.raises(PermissionError, match="allow_execution"):
         run_labeling(preset("tiny"), tmp_path / "run", allow_execution=False)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_run_labeling_end_to_end_on_a_tiny_random_model(tmp_path):
+    """The whole stage (sample -> execute -> label) with a random tiny Llama, real sandbox, resumable."""
+    pytest.importorskip("prmlab.sampling")
+    from prmlab.config import preset
+    from prmlab.label_stage import run_labeling, train_tasks
+    from prmlab.testing import tiny_test_model
+
+    model, tok = tiny_test_model()
+    cfg = preset("tiny").replace(tasks={"n_train": 3, "max_lines": 3},
+                                 sampling={"n_samples": 2, "max_new_tokens": 12, "batch_size": 8},
+                                 labels={"k": 2, "chunk": 1, "max_new_tokens": 12, "group_size": 4})
+    tasks = train_tasks(cfg.tasks)
+    res = run_labeling(cfg, tmp_path / "run", allow_execution=True, progress=False, model=model, tokenizer=tok,
+                       tasks=tasks)
+    recs = read_jsonl(tmp_path / "run" / "labels.jsonl", LineLabels)
+    resps = read_jsonl(tmp_path / "run" / "responses.jsonl", Response)
+    assert res.n_records == len(recs) == len(resps) == 6
+    assert {r.response_id for r in recs} == {r.response_id for r in resps}
+    assert (tmp_path / "run" / "labels_cost.json").exists() and (tmp_path / "run" / "config.json").exists()
+    again = run_labeling(cfg, tmp_path / "run", allow_execution=True, progress=False, model=model, tokenizer=tok,
+                         tasks=tasks)
+    assert again.n_new == 0 and len(read_jsonl(tmp_path / "run" / "responses.jsonl", Response)) == 6
