@@ -323,7 +323,7 @@ def label_responses(*args: Any, **kwargs: Any):
 
 
 def run_labeling(cfg: Any, run_dir: str | Path, allow_execution: bool = False):
-    """See :func:`prmlab.label_driver.run_labeling`: sample, execute and label a whole preset's responses."""
-    from prmlab.label_driver import run_labeling as impl
+    """See :func:`prmlab.label_stage.run_labeling`: sample, execute and label a whole preset's responses."""
+    from prmlab.label_stage import run_labeling as impl
 
     return impl(cfg, run_dir, allow_execution=allow_execution)

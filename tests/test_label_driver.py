@@ -300,7 +300,7 @@ def test_model_oracle_steps_through_one_search_and_logs_each_check():
 
 def test_stage_refuses_to_execute_without_permission(tmp_path):
     from prmlab.config import preset
-    from prmlab.label_stage import run_labeling
+    from prmlab.labeling import run_labeling  # the name the CLI imports
 
     with pytest.raises(PermissionError, match="allow_execution"):
         run_labeling(preset("tiny"), tmp_path / "run", allow_execution=False)
