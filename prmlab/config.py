@@ -166,6 +166,10 @@ class SamplingConfig:
     """Sequences generated together. [I]"""
     seed: int = 0
     """Seed of sampling; with the same seed and model, the same responses on CPU. [I]"""
+    token_healing: bool = True
+    """Take back the prompt's last token and let the first generated token re-create it (any token extending its
+    text): prompts that end at a rare token boundary (a lone newline before indentation, for SmolLM2) otherwise
+    derail the model. [I]"""
 
     def __post_init__(self) -> None:
         _positive(self, "n_samples", "max_new_tokens", "batch_size")

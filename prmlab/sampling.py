@@ -16,6 +16,14 @@ generator from the seed and the batch's prompts before ``generate``. Sampling is
 ``top_k = 0`` and ``repetition_penalty = 1`` override whatever the model's ``generation_config`` prefers; a
 temperature of 0 means greedy decoding. Prompts are tokenised without special tokens (no BOS), the same way
 :func:`prmlab.lines.token_positions_for_lines` tokenises ``prompt + completion``.
+
+Token healing (``SamplingConfig.token_healing``, on by default): every prompt here ends with a line break, and
+byte-level BPE tokenizers such as SmolLM2's merge a line break with the next line's indentation (``"\\n    "`` is
+one token). A prompt ending in a lone ``"\\n"`` token is therefore a boundary the model almost never saw; SmolLM2
+answers it by closing the code block at once (all 8 of 8 HumanEval prompts, greedy, chat track). So the last
+prompt token is taken back and the first generated token must re-create its text (:func:`heal_prompt`); with it,
+SmolLM2 writes indented function bodies. Tokenizers that isolate newlines (the toy-coder) are unaffected: the only
+token extending ``"\\n"`` is ``"\\n"``.
 """
 
 from __future__ import annotations
@@ -98,14 +106,22 @@ def batch_seed(seed: int, prompts: Sequence[str]) -> int:
 
 @dataclass(frozen=True)
 class Generation:
-    """One generated continuation: token ids (no padding) and decoded text (special tokens removed)."""
+    """One generated continuation of a prompt.
+
+    ``prompt_ids + new_ids`` is exactly the token sequence the model saw and produced (no padding), and
+    ``decode(prompt_ids + new_ids) == prompt + healed + text`` minus the stop token; with token healing the last
+    prompt token was taken back and the first new token re-creates ``healed`` (see :func:`heal_prompt`).
+    """
 
     prompt_ids: tuple[int, ...]
     new_ids: tuple[int, ...]
     """Generated ids up to and including the first stop token (EOS), if any."""
     text: str
+    """The continuation of the *prompt text* (the healed characters removed, special tokens skipped)."""
     finished: bool
     """Whether generation stopped at a stop token (False: cut by ``max_new_tokens``)."""
+    healed: str = ""
+    """The prompt's last characters that the model re-generated (token healing); empty when not healed."""
 
 
 def stop_token_ids(tokenizer, model=None) -> list[int]:
@@ -116,6 +132,63 @@ def stop_token_ids(tokenizer, model=None) -> list[int]:
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else None
     ids.append(im_end)
     return sorted({int(i) for i in ids if i is not None})
+
+
+def token_extensions(tokenizer, token_id: int, pieces: Sequence[str | None]) -> tuple[str, list[int]]:
+    """``(text of token_id, ids of the tokens that extend it)``: a token extends t when its raw piece starts with
+    t's piece (``pieces`` are the vocabulary's raw token strings) and its text starts with t's text. t itself is
+    always in the list."""
+    tail = tokenizer.decode([token_id], clean_up_tokenization_spaces=False)
+    head = pieces[token_id]
+    candidates = [i for i, piece in enumerate(pieces) if piece is not None and head and piece.startswith(head)]
+    texts = tokenizer.batch_decode([[i] for i in candidates], clean_up_tokenization_spaces=False)
+    return tail, sorted({i for i, t in zip(candidates, texts) if t.startswith(tail)} | {token_id})
+
+
+def heal_prompt(tokenizer, prompt: str, ids: list[int], pieces: Sequence[str | None],
+                memo: dict | None = None) -> tuple[list[int], str, list[int]]:
+    """Token healing: ``(ids without the last token, its text, the ids allowed as the first new token)``.
+
+    A prompt that ends at a token boundary the model rarely saw is backed up by one token, and the first
+    generated token must *extend* the removed text (:func:`token_extensions`). SmolLM2 writes ``"\\n    "`` as one
+    token, so after a prompt ending in a lone ``"\\n"`` token it closes the code block at once; healed, it
+    writes the indented body. The removed token itself is always allowed, so healing only widens what may follow.
+    No healing (``(ids, "", [])``) for a one-token prompt, a special last token, or a last token that nothing else
+    extends (then healing would change nothing but the random stream). ``memo`` caches extensions per last token
+    id within a call.
+    """
+    if len(ids) < 2 or ids[-1] in set(tokenizer.all_special_ids):
+        return ids, "", []
+    memo = {} if memo is None else memo
+    if ids[-1] not in memo:
+        memo[ids[-1]] = token_extensions(tokenizer, ids[-1], pieces)
+    tail, allowed = memo[ids[-1]]
+    if not tail or not prompt.endswith(tail) or len(allowed) == 1:
+        return ids, "", []
+    return ids[:-1], tail, allowed
+
+
+class FirstTokenMask:
+    """Logits processor: at the first generated position, row b may only pick ``allowed[b]`` (all if empty).
+
+        score'_{b,v} = score_{b,v} if v in allowed_b else -inf      (only while input length == prompt length)
+
+    Applied before temperature and top-p, so sampling renormalises over the allowed tokens.
+    """
+
+    def __init__(self, allowed: Sequence[Sequence[int]], prompt_len: int):
+        self.allowed = [list(a) for a in allowed]
+        self.prompt_len = prompt_len
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:  # (B, T), (B, V)
+        if input_ids.shape[1] != self.prompt_len:
+            return scores
+        keep = torch.ones_like(scores, dtype=torch.bool)  # (B, V)
+        for b, allowed in enumerate(self.allowed):
+            if allowed:
+                keep[b] = False
+                keep[b, torch.tensor(allowed, device=scores.device)] = True
+        return scores.masked_fill(~keep, float("-inf"))
 
 
 def _left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,22 +222,49 @@ def _sampling_kwargs(temperature: float, top_p: float, max_new_tokens: int, stop
     return {**kw, "do_sample": True, "temperature": float(temperature), "top_p": float(top_p), "top_k": 0}
 
 
+def _encode(tokenizer, prompts: Sequence[str], token_healing: bool) -> list[tuple[list[int], str, list[int]]]:
+    """Per prompt ``(ids fed to the model, healed text, allowed first tokens)``; no BOS (see the module doc)."""
+    ids = [list(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    if not token_healing:
+        return [(i, "", []) for i in ids]
+    pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    memo: dict = {}
+    return [heal_prompt(tokenizer, p, i, pieces, memo) for p, i in zip(prompts, ids)]
+
+
+def _finish(tokenizer, row: tuple[list[int], str, list[int]], new: list[int], stop: list[int],
+            max_new_tokens: int) -> Generation:
+    """Cut a generated row at its first stop token or its budget (one more token when healed) and decode it
+    relative to the prompt text."""
+    ids, healed, _ = row
+    new = new[:max_new_tokens + bool(healed)]
+    end = next((t for t, tok in enumerate(new) if tok in stop), None)
+    new = new if end is None else new[:end + 1]
+    text = _decode_new(tokenizer, ids, new if end is None else new[:-1])
+    text = text[len(healed):] if text.startswith(healed) else text
+    return Generation(tuple(ids), tuple(new), text, end is not None, healed)
+
+
 def generate(model, tokenizer, prompts: Sequence[str], *, temperature: float, top_p: float, max_new_tokens: int,
-             seed: int, batch_size: int = 32, progress: bool = False, desc: str = "generating") -> list[Generation]:
+             seed: int, batch_size: int = 32, token_healing: bool = True, progress: bool = False,
+             desc: str = "generating") -> list[Generation]:
     """One continuation per prompt (repeat a prompt for several), in the order given.
 
     Rows are generated in batches of similar length (stable sort by prompt length), left-padded, with
-    ``torch.manual_seed(batch_seed(seed, batch prompts))`` before each ``generate``. The model is put in eval
-    mode under ``torch.no_grad()`` and its training flag restored afterwards; inputs go to ``model.device``.
+    ``torch.manual_seed(batch_seed(seed, batch prompts))`` before each ``generate``; with ``token_healing`` the
+    last prompt token is re-generated (:func:`heal_prompt`), and a batch with a healed row gets one more token so
+    that ``max_new_tokens`` still bounds the new text. The model is put in eval mode under
+    ``torch.no_grad()`` and its training flag restored afterwards; inputs go to ``model.device``.
     """
     from tqdm.auto import tqdm
+    from transformers import LogitsProcessorList
 
     if not prompts:
         return []
     stop = stop_token_ids(tokenizer, model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
-    encoded = [list(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    rows = _encode(tokenizer, prompts, token_healing)
+    order = sorted(range(len(prompts)), key=lambda i: len(rows[i][0]))
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     kwargs = _sampling_kwargs(temperature, top_p, max_new_tokens, stop, pad_id)
     out: list[Generation | None] = [None] * len(prompts)
@@ -172,16 +272,15 @@ def generate(model, tokenizer, prompts: Sequence[str], *, temperature: float, to
     model.eval()
     try:
         for batch in tqdm(batches, desc=desc, disable=not progress):
-            ids, mask = _left_pad([encoded[i] for i in batch], pad_id, model.device)  # (B, T)
+            ids, mask = _left_pad([rows[i][0] for i in batch], pad_id, model.device)  # (B, T)
+            heal = LogitsProcessorList([FirstTokenMask([rows[i][2] for i in batch], ids.shape[1])])
+            extra = int(any(rows[i][1] for i in batch))  # a healed token re-creates prompt text: not in the budget
             torch.manual_seed(batch_seed(seed, [prompts[i] for i in batch]))
             with torch.no_grad():
-                seqs = model.generate(input_ids=ids, attention_mask=mask, **kwargs)  # (B, T + new)
+                seqs = model.generate(input_ids=ids, attention_mask=mask, logits_processor=heal,
+                                      **(kwargs | {"max_new_tokens": max_new_tokens + extra}))  # (B, T')
             for b, i in enumerate(batch):
-                new = seqs[b, ids.shape[1]:].tolist()
-                end = next((t for t, tok in enumerate(new) if tok in stop), None)
-                new = new if end is None else new[:end + 1]
-                text = _decode_new(tokenizer, encoded[i], new if end is None else new[:-1])
-                out[i] = Generation(tuple(encoded[i]), tuple(new), text, end is not None)
+                out[i] = _finish(tokenizer, rows[i], seqs[b, ids.shape[1]:].tolist(), stop, max_new_tokens)
     finally:
         model.train(was_training)
     return out  # type: ignore[return-value]
@@ -193,27 +292,28 @@ def sample_responses(model, tokenizer, tasks: Sequence[Task], cfg: SamplingConfi
 
     ``completion = extract_completion(generated, track)``, ``program = task.prompt + completion``;
     ``Response.prompt`` is ``task.prompt`` (the chat wrapping is :func:`format_prompt`'s, recomputable).
-    ``meta``: the track, the number of generated tokens and whether generation ended at EOS.
+    ``meta``: the track, the number of generated tokens (a healed one included), whether generation ended at EOS
+    and the healed prompt text (:class:`Generation`).
     """
     _check_track(track)
     rows = [(task, i) for task in tasks for i in range(cfg.n_samples)]
     prompts = [format_prompt(task, tokenizer, track) for task, _ in rows]
     gens = generate(model, tokenizer, prompts, temperature=cfg.temperature, top_p=cfg.top_p,
-                    max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, batch_size=cfg.batch_size, progress=progress,
-                    desc=f"sampling {policy}")
+                    max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, batch_size=cfg.batch_size,
+                    token_healing=cfg.token_healing, progress=progress, desc=f"sampling {policy}")
     responses = []
     for (task, i), g in zip(rows, gens):
         completion = extract_completion(g.text, track)
         responses.append(Response(
             task_id=task.task_id, response_id=f"{task.task_id}/{policy}/{cfg.seed}/{i}", prompt=task.prompt,
             completion=completion, program=task.prompt + completion, policy=policy, seed=cfg.seed,
-            meta={"track": track, "new_tokens": len(g.new_ids), "finished": g.finished}))
+            meta={"track": track, "new_tokens": len(g.new_ids), "finished": g.finished, "healed": g.healed}))
     return responses
 
 
 def complete_prefixes(model, tokenizer, requests: Sequence[tuple[Task, str]], k: int, temperature: float,
                       top_p: float, max_new_tokens: int, seed: int, track: str, batch_size: int = 32,
-                      progress: bool = False) -> list[list[str]]:
+                      progress: bool = False, token_healing: bool = True) -> list[list[str]]:
     """For each ``(task, prefix)``, k sampled *whole* completions: ``extract_completion(prefix + continuation)``.
 
     ``prefix`` is the first m lines of a response, each with its line break; the model continues
@@ -226,7 +326,8 @@ def complete_prefixes(model, tokenizer, requests: Sequence[tuple[Task, str]], k:
         raise ValueError(f"k must be >= 0, got {k}")
     prompts = [format_prompt(task, tokenizer, track) + prefix for task, prefix in requests for _ in range(k)]
     gens = generate(model, tokenizer, prompts, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                    seed=seed, batch_size=batch_size, progress=progress, desc="completing prefixes")
+                    seed=seed, batch_size=batch_size, token_healing=token_healing, progress=progress,
+                    desc="completing prefixes")
     out: list[list[str]] = []
     for r, (_, prefix) in enumerate(requests):
         out.append([extract_completion(prefix + g.text, track) for g in gens[r * k:(r + 1) * k]])

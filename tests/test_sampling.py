@@ -9,8 +9,8 @@ import torch
 
 from prmlab.config import SamplingConfig
 from prmlab.records import Task
-from prmlab.sampling import (batch_seed, complete_prefixes, extract_completion, format_prompt, generate,
-                             sample_responses, stop_token_ids)
+from prmlab.sampling import (FirstTokenMask, batch_seed, complete_prefixes, extract_completion, format_prompt,
+                             generate, heal_prompt, sample_responses, stop_token_ids, token_extensions)
 
 PROMPT_F = "def f(a, b):\n    c = a + b\n"
 PROMPT_G = 'def g(x):\n    """Double it."""\n'
@@ -119,7 +119,8 @@ def test_sample_responses_counts_ids_and_programs(tiny):
         t = next(t for t in TASKS if t.task_id == r.task_id)
         assert r.prompt == t.prompt and r.program == t.prompt + r.completion
         assert r.completion == extract_completion(r.completion, "completion")  # already cut
-        assert 0 < r.meta["new_tokens"] <= 12 and r.meta["track"] == "completion" and r.seed == 0
+        assert 0 < r.meta["new_tokens"] <= 12 + bool(r.meta["healed"])
+        assert r.meta["track"] == "completion" and r.meta["healed"] == "\n" and r.seed == 0
     assert len({r.completion for r in rs}) >= 2
 
 
@@ -146,16 +147,68 @@ def _raw(model, tok, prompts, **kw):
 
 def test_generate_records_ids_and_stop(tiny):
     model, tok = tiny
-    gens = _raw(model, tok, [PROMPT_F, PROMPT_G] * 3)
+    prompts = [PROMPT_F, PROMPT_G] * 3
     stop = stop_token_ids(tok, model)
     assert stop == [tok.eos_token_id]
-    for g, p in zip(gens, [PROMPT_F, PROMPT_G] * 3):
-        assert list(g.prompt_ids) == tok(p, add_special_tokens=False).input_ids
-        assert g.finished == (g.new_ids[-1] in stop)
-        assert g.finished or len(g.new_ids) == 10
-        assert tok.pad_token_id not in g.new_ids[:-1] or tok.pad_token_id in stop
-        body = g.new_ids[:-1] if g.finished else g.new_ids
-        assert g.text == tok.decode(list(body), skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    for healing in (True, False):
+        for g, p in zip(_raw(model, tok, prompts, token_healing=healing), prompts):
+            full = tok(p, add_special_tokens=False).input_ids
+            assert list(g.prompt_ids) == (full[:-1] if healing else full)
+            assert g.healed == (tok.decode(full[-1:]) if healing else "") and p.endswith(g.healed)
+            assert g.finished == (g.new_ids[-1] in stop)
+            assert g.finished or len(g.new_ids) == 10 + bool(g.healed)  # the healed token is not in the budget
+            body = list(g.new_ids[:-1] if g.finished else g.new_ids)
+            seen = tok.decode(list(g.prompt_ids) + body, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+            assert seen == p + g.text
+
+
+def test_token_extensions_and_healing(tiny):
+    _, tok = tiny
+    pieces = tok.convert_ids_to_tokens(list(range(len(tok))))
+    nl = tok.convert_tokens_to_ids("Ċ")
+    tail, allowed = token_extensions(tok, nl, pieces)
+    texts = {tok.decode([i]) for i in allowed}
+    assert tail == "\n" and nl in allowed and "\n" in texts
+    assert any(t.startswith("\n ") for t in texts)  # "\n   " merges exist in this BPE, and are allowed
+    assert all(t.startswith("\n") for t in texts)
+    assert set(allowed) == {i for i in range(len(tok)) if tok.decode([i]).startswith("\n")}
+    ids = tok(PROMPT_F, add_special_tokens=False).input_ids
+    assert heal_prompt(tok, PROMPT_F, ids, pieces) == (ids[:-1], "\n", allowed)
+    assert heal_prompt(tok, "x", tok("x").input_ids, pieces)[1] == ""  # one token: nothing to heal
+    eos_ended = ids + [tok.eos_token_id]
+    assert heal_prompt(tok, PROMPT_F + "</s>", eos_ended, pieces) == (eos_ended, "", [])
+
+
+def test_no_healing_where_nothing_extends_the_last_token():
+    """The toy-coder's tokenizer isolates newlines: no token extends "\\n", so prompts are left as they are."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    path = Path(__file__).resolve().parents[1] / "data" / "toy-coder"
+    if not (path / "tokenizer.json").exists():
+        pytest.skip("toy-coder tokenizer not shipped")
+    tok = AutoTokenizer.from_pretrained(path)
+    pieces = tok.convert_ids_to_tokens(list(range(len(tok))))
+    ids = tok(PROMPT_F, add_special_tokens=False).input_ids
+    assert token_extensions(tok, ids[-1], pieces) == ("\n", [ids[-1]])
+    assert heal_prompt(tok, PROMPT_F, ids, pieces) == (ids, "", [])
+
+
+def test_first_token_mask():
+    mask = FirstTokenMask([[1, 2], []], prompt_len=3)
+    scores = torch.zeros(2, 4)
+    out = mask(torch.zeros(2, 3, dtype=torch.long), scores)
+    assert out[0].tolist() == [float("-inf"), 0.0, 0.0, float("-inf")] and out[1].tolist() == [0.0] * 4
+    assert mask(torch.zeros(2, 4, dtype=torch.long), scores).tolist() == [[0.0] * 4] * 2  # later steps: untouched
+
+
+def test_healed_first_token_extends_the_prompt(tiny):
+    """Sampled at a high temperature, every row's first token still re-creates the removed newline."""
+    model, tok = tiny
+    gens = _raw(model, tok, [PROMPT_F] * 8, temperature=3.0, max_new_tokens=2)
+    assert all(g.healed == "\n" and tok.decode([g.new_ids[0]]).startswith("\n") for g in gens)
+    assert len({g.new_ids[0] for g in gens}) > 1  # and it is sampled among the extensions
 
 
 def test_generation_stops_at_stop_token(tiny):
@@ -171,7 +224,8 @@ def test_generation_stops_at_stop_token(tiny):
     assert stop_token_ids(tok, stopping) == sorted({tok.eos_token_id, stop_tok})
     g, other = _raw(stopping, tok, [PROMPT_F, PROMPT_G], temperature=0.0, max_new_tokens=12)
     assert g.finished and g.new_ids == free[0].new_ids[:3]
-    assert g.text == tok.decode(list(free[0].new_ids[:2]), clean_up_tokenization_spaces=False)
+    shown = tok.decode(list(free[0].new_ids[:2]), clean_up_tokenization_spaces=False)
+    assert g.healed + g.text == shown
     cut = next((i for i, t in enumerate(free[1].new_ids) if t == stop_tok), None)
     assert other.new_ids == (free[1].new_ids if cut is None else free[1].new_ids[:cut + 1])
 
@@ -181,9 +235,10 @@ def test_greedy_at_temperature_zero(tiny):
     g1 = _raw(model, tok, [PROMPT_F, PROMPT_G], temperature=0.0, seed=0)
     g2 = _raw(model, tok, [PROMPT_F, PROMPT_G], temperature=0.0, seed=99)
     assert [g.new_ids for g in g1] == [g.new_ids for g in g2]  # the seed does not matter
+    plain = _raw(model, tok, [PROMPT_F], temperature=0.0, token_healing=False)[0]
     with torch.no_grad():  # the first greedy token is the argmax of the next-token logits
         ids = torch.tensor([tok(PROMPT_F, add_special_tokens=False).input_ids])
-        assert g1[0].new_ids[0] == int(model(ids).logits[0, -1].argmax())
+        assert plain.new_ids[0] == int(model(ids).logits[0, -1].argmax())
 
 
 def test_left_padding_does_not_change_greedy_output(tiny):
@@ -228,6 +283,15 @@ def test_complete_prefixes(tiny):
     assert out != complete_prefixes(model, tok, reqs, 5, **(args | {"seed": 4}))
     assert complete_prefixes(model, tok, reqs, 0, **args) == [[], [], []]
     assert complete_prefixes(model, tok, [], 5, **args) == []
+
+
+def test_sample_responses_follow_token_healing_flag(tiny):
+    model, tok = tiny
+    for healing in (True, False):
+        rs = sample_responses(model, tok, TASKS[:2], cfg(token_healing=healing), "completion", progress=False)
+        gens = _raw(model, tok, [t.prompt for t in TASKS[:2] for _ in range(3)], max_new_tokens=12, batch_size=4,
+                    token_healing=healing)
+        assert [r.completion for r in rs] == [extract_completion(g.text, "completion") for g in gens]
 
 
 def test_complete_prefixes_continue_the_prefix(tiny):
