@@ -108,9 +108,10 @@ def batch_seed(seed: int, prompts: Sequence[str]) -> int:
 class Generation:
     """One generated continuation of a prompt.
 
-    ``prompt_ids + new_ids`` is exactly the token sequence the model saw and produced (no padding), and
-    ``decode(prompt_ids + new_ids) == prompt + healed + text`` minus the stop token; with token healing the last
-    prompt token was taken back and the first new token re-creates ``healed`` (see :func:`heal_prompt`).
+    ``prompt_ids + new_ids`` is exactly the token sequence the model saw and produced (no padding: what a policy's
+    log-probabilities must be computed on), and ``decode(prompt_ids + new_ids) == prompt + text`` (stop token
+    skipped). With token healing ``prompt_ids`` lack the prompt's last token and the first new token re-creates
+    its text ``healed`` (and possibly more; see :func:`heal_prompt`).
     """
 
     prompt_ids: tuple[int, ...]
