@@ -289,7 +289,9 @@ Overall pass@1 {result['pass_at_1']:.1%} over {result['n_samples']} samples.
 
 ## Acceptance (issue 4)
 {chr(10).join(f"- [{'x' if ok else ' '}] {k}" for k, ok in acceptance(result).items())}
-- [{'x' if same == 'identical' else ' '}] same seed, same metrics (evaluation re-run: {same})
+- [{'x' if same == 'identical' else ' '}] same seed, same metrics (evaluation re-run: {same}); re-running the
+  *training* with the same seeds gives bitwise-identical weights in `tests/test_toycoder.py` (tiny config, same
+  machine); the full run itself has not been repeated.
 
 ## Anatomy of the samples
 - failures: {f['n']}; first mistake on line 1 (*Wrong*-like) {f['wrong_like']:.1%}, after a correct prefix

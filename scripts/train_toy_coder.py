@@ -40,8 +40,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-eval", action="store_true", help="train only")
     p.add_argument("--n-per-length", type=int, default=200, help="eval tasks per program length (2..12)")
     p.add_argument("--eval-seed", type=int, default=0)
+    p.add_argument("--card-only", action="store_true", help="rewrite README.md from the saved eval.json")
     p.add_argument("--repeat-eval", action="store_true", help="evaluate twice to check reproducibility")
     return p.parse_args(argv)
+
+
+def train_command(out: Path, t: dict) -> str:
+    """The command that trains the model in ``out`` again, from its ``train_config.json``."""
+    cmd = (f".venv/bin/python scripts/train_toy_coder.py --out {shlex.quote(str(out))} --n-samples "
+           f"{t['corpus']['n_samples']} --data-seed {t['corpus']['seed']} --seed {t['seed']} --epochs {t['epochs']} "
+           f"--lr {t['lr']} --warmup-steps {t['warmup_steps']} --threads {t['threads']}")
+    return cmd + (f" --init-from {shlex.quote(t['init_from'])}" if t.get("init_from") else "")
+
+
+def write_card(out: Path, ev: dict) -> None:
+    """Write ``out/README.md`` from the saved training files and an evaluation result."""
+    train_cfg = json.loads((out / "train_config.json").read_text())
+    train_metrics = json.loads((out / "train_metrics.json").read_text())
+    repeat = None
+    if "repeat_identical" in ev:
+        repeat = {"pass_at_1_by_length": ev["pass_at_1_by_length"] if ev["repeat_identical"] else {}}
+    (out / "README.md").write_text(render_card(train_cfg, train_metrics, ev, repeat, train_command(out, train_cfg)))
 
 
 def main(argv=None) -> None:
@@ -54,6 +73,9 @@ def main(argv=None) -> None:
         result = train_toy_coder(cfg, out)
         print(json.dumps({k: v for k, v in result.metrics.items() if k != "losses"}, indent=2))
     if args.no_eval:
+        return
+    if args.card_only:
+        write_card(out, json.loads((out / "eval.json").read_text()))
         return
     import torch
 
@@ -69,10 +91,7 @@ def main(argv=None) -> None:
                                     sandbox=sandbox)
         ev["repeat_identical"] = repeat["pass_at_1_by_length"] == ev["pass_at_1_by_length"]
     save_eval(ev, out / "eval.json")
-    train_cfg = json.loads((out / "train_config.json").read_text())
-    train_metrics = json.loads((out / "train_metrics.json").read_text())
-    command = ".venv/bin/python scripts/train_toy_coder.py " + " ".join(map(shlex.quote, argv or sys.argv[1:]))
-    (out / "README.md").write_text(render_card(train_cfg, train_metrics, ev, repeat, command.strip()))
+    write_card(out, ev)
     print(json.dumps({k: ev[k] for k in ("pass_at_1_by_length", "pass_at_1_by_bucket", "failures",
                                          "passes_with_fix", "samples_with_comment", "samples_with_noop")}, indent=2))
 
