@@ -241,6 +241,14 @@ class PRMConfig:
     """AdamW weight decay. [I]"""
     seed: int = 0
     """Seed of initialisation, shuffling and the validation split. [I]"""
+    test_fraction: float = 0.2
+    """Share of *tasks* held out for the final test metrics (never trained on, never used for early stopping). [I]"""
+    neutral_in_loss: bool = True
+    """Train neutral (comment/blank, label 0) lines toward 0 as the paper does; False leaves them out of the
+    loss. [P]"""
+    drift_labels: str = ""
+    """Labels file (relative to the run directory) of responses from a *different* policy checkpoint than the
+    training labels; when set, the trained PRM is also evaluated on it (accuracy under policy drift). [R]"""
 
     def __post_init__(self) -> None:
         _in(self.loss, ("mse", "bce"), "PRMConfig", "loss")
@@ -249,6 +257,8 @@ class PRMConfig:
         _unit(self, "hard_below", "easy_above")
         _check(self.hard_below < self.easy_above, "PRMConfig", "hard_below", "must be below easy_above")
         _check(0 < self.val_fraction < 1, "PRMConfig", "val_fraction", f"must be in (0, 1), got {self.val_fraction!r}")
+        _check(0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1, "PRMConfig",
+               "test_fraction", f"must be in [0, 1) with val_fraction + test_fraction < 1, got {self.test_fraction!r}")
 
 
 @dataclass(frozen=True)
