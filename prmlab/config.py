@@ -196,6 +196,9 @@ class LabelConfig:
     """Also store the reviewers' "marginal progress" label: soft success rate after a line minus before it. [R]"""
     early_stop: bool = True
     """Stop sampling a prefix's completions at the first passing one (best-of-K needs only one). [I]"""
+    probe_first: bool = True
+    """Check the first code line before bisecting: a *Wrong* response (the common failure of a weak policy) is then
+    settled by one check instead of about log2 T; the worst case stays ceil(log2 T) + 1 checks. [I]"""
     chunk: int = 4
     """With ``early_stop``, completions drawn per round of a best-of-K check before looking for a pass. [I]"""
     group_size: int = 64

@@ -164,7 +164,7 @@ def _record(item: _Item, cfg: LabelConfig, method: str, labels: list[float], m_l
 def _binary_group(items: list[_Item], cfg: LabelConfig, complete: Complete, run_many: RunMany,
                   program_of: Callable[[Task, str], str], seed: int) -> list[LineLabels]:
     """Binary search every failing response of a group, batching each depth's checks."""
-    searches = {i: BinarySearch(len(it.steps)) for i, it in enumerate(items) if not it.passed}
+    searches = {i: BinarySearch(len(it.steps), cfg.probe_first) for i, it in enumerate(items) if not it.passed}
     for depth in range(64):
         queries = [(i, s.query()) for i, s in searches.items() if not s.done]
         if not queries:

@@ -10,7 +10,9 @@ task from scratch), binary search finds the last recoverable line
 
     m* = max{ m in 0..T : rec(m) = 1 }
 
-with ceil(log2(T + 1)) <= ceil(log2 T) + 1 oracle checks instead of T. Labels (line i, 1-based):
+with ceil(log2(T + 1)) <= ceil(log2 T) + 1 oracle checks instead of T (or, probing the first line before
+bisecting, one check for a response that is wrong from its first line and at most ceil(log2 T) + 1 in general).
+Labels (line i, 1-based):
 
     label_i = +1 if i <= m*,  -1 if i > m*,  0 if line i is neutral (comment or blank) and neutral comments are on
 
@@ -130,12 +132,17 @@ class BinarySearch:
     Each check of mid = (lo + hi) // 2 halves the open interval (lo, hi); the search ends when hi = lo + 1, and then
     m* = lo. Under a monotone oracle this is exactly the boundary an exhaustive scan finds, after
     ceil(log2(T + 1)) checks (<= ceil(log2 T) + 1).
+
+    With ``probe_first`` the first check is m = 1 instead of the midpoint (any m in (lo, hi) keeps the invariant):
+    rec(1) = 0 ends the search at once (a *Wrong* response, one check); otherwise bisection of (1, T + 1) follows,
+    ceil(log2 T) more checks, so never more than ceil(log2 T) + 1 in all.
     """
 
-    def __init__(self, T: int):
+    def __init__(self, T: int, probe_first: bool = False):
         if T < 0:
             raise ValueError(f"T must be >= 0, got {T}")
         self.T = T
+        self.probe_first = probe_first
         self.lo, self.hi = 0, T + 1
         self.trace: list[tuple[int, bool]] = []
         """Every check as (m, recoverable), in order: where the search looked and what it saw."""
@@ -146,7 +153,11 @@ class BinarySearch:
 
     def query(self) -> int | None:
         """The prefix length to check next, or None when the search is over."""
-        return None if self.done else (self.lo + self.hi) // 2
+        if self.done:
+            return None
+        if self.probe_first and not self.trace:
+            return 1  # probe the first step: one check settles a Wrong response
+        return (self.lo + self.hi) // 2  # mid
 
     def update(self, recoverable: bool) -> None:
         mid = self.query()
@@ -169,17 +180,19 @@ class BinarySearch:
         return len(self.trace)
 
 
-def binary_search_last_recoverable(check: PrefixOracle, T: int) -> tuple[int, int]:
+def binary_search_last_recoverable(check: PrefixOracle, T: int, probe_first: bool = False) -> tuple[int, int]:
     """``(m*, n_checks)``: the last recoverable step of T steps, by binary search (see :class:`BinarySearch`)."""
-    search = BinarySearch(T)
+    search = BinarySearch(T, probe_first)
     while (m := search.query()) is not None:
         search.update(check(m))
     return search.result, search.n_checks
 
 
-def max_checks(T: int) -> int:
-    """Oracle checks binary search makes on T steps: ceil(log2(T + 1))."""
-    return math.ceil(math.log2(T + 1)) if T > 0 else 0
+def max_checks(T: int, probe_first: bool = False) -> int:
+    """Most oracle checks binary search makes on T steps: ceil(log2(T + 1)); 1 + ceil(log2 T) when probing first."""
+    if T <= 0:
+        return 0
+    return 1 + math.ceil(math.log2(T)) if probe_first else math.ceil(math.log2(T + 1))
 
 
 def exhaustive_last_recoverable(check: PrefixOracle, T: int) -> int:

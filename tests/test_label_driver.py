@@ -19,7 +19,7 @@ import pytest
 
 from prmlab.config import LabelConfig
 from prmlab.label_driver import label_responses, prefix_text, summarize
-from prmlab.labeling import first_negative
+from prmlab.labeling import first_negative, max_checks
 from prmlab.records import ExecutionResult, LineLabels, Response, Task, read_jsonl
 
 HERE = Path(__file__).resolve().parent
@@ -141,7 +141,7 @@ def test_binary_labels_match_the_true_boundary_and_costs_add_up(tmp_path):
             assert set(rec.labels) <= {0.0, 1.0} and rec.oracle_calls == 0 and rec.completions_generated == 0
         else:
             n_steps = rec.meta["n_steps"]
-            assert 1 <= rec.oracle_calls <= (n_steps + 1).bit_length()
+            assert 1 <= rec.oracle_calls <= max_checks(n_steps, cfg.probe_first)
             # q = 1: a recoverable prefix passes with its first completion (one chunk), a dead one costs all K
             n_ok = sum(ok for _, ok in rec.meta["trace"])
             assert rec.completions_generated == 2 * n_ok + 4 * (rec.oracle_calls - n_ok)

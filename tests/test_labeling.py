@@ -24,21 +24,26 @@ class CountingOracle:
         return m <= self.boundary
 
 
+@pytest.mark.parametrize("probe_first", [False, True])
 @pytest.mark.parametrize("T", range(1, 40))
-def test_binary_search_matches_exhaustive_on_every_monotone_oracle(T):
+def test_binary_search_matches_exhaustive_on_every_monotone_oracle(T, probe_first):
     for boundary in range(0, T + 1):
         oracle = CountingOracle(boundary)
-        m, n = binary_search_last_recoverable(oracle, T)
+        m, n = binary_search_last_recoverable(oracle, T, probe_first)
         assert m == exhaustive_last_recoverable(CountingOracle(boundary), T) == boundary
         assert n == len(oracle.calls) == len(set(oracle.calls))
         assert n <= math.ceil(math.log2(T)) + 1
-        assert n <= max_checks(T)
+        assert n <= max_checks(T, probe_first)
+        if probe_first and boundary == 0:
+            assert n == 1 and oracle.calls == [1]  # a Wrong response costs one check
 
 
 def test_check_bound_is_tight_and_hand_computed():
     # T = 7: candidates 0..7 (8 outcomes) -> exactly 3 checks; T = 8: 9 outcomes -> 4 = ceil(log2 8) + 1.
     assert [max_checks(T) for T in (1, 2, 3, 4, 7, 8, 12)] == [1, 2, 2, 3, 3, 4, 4]
     assert max(binary_search_last_recoverable(CountingOracle(b), 8)[1] for b in range(9)) == 4
+    assert [max_checks(T, True) for T in (1, 2, 3, 4, 7, 8, 12)] == [1, 2, 3, 3, 4, 4, 5]
+    assert max(binary_search_last_recoverable(CountingOracle(b), 8, True)[1] for b in range(9)) == 4
 
 
 def test_binary_search_edge_cases():
@@ -47,6 +52,11 @@ def test_binary_search_edge_cases():
     assert binary_search_last_recoverable(lambda m: True, 10)[0] == 10  # all pass
     assert binary_search_last_recoverable(lambda m: False, 10)[0] == 0  # all fail
     assert binary_search_last_recoverable(lambda m: pytest.fail("no checks for T = 0"), 0) == (0, 0)
+    for probe in (False, True):
+        assert binary_search_last_recoverable(CountingOracle(0), 1, probe) == (0, 1)
+        assert binary_search_last_recoverable(CountingOracle(1), 1, probe) == (1, 1)
+        assert binary_search_last_recoverable(lambda m: True, 10, probe)[0] == 10
+        assert binary_search_last_recoverable(lambda m: False, 10, probe) == (0, 1 if probe else 3)
 
 
 def test_binary_search_trace_records_where_it_looked():
@@ -67,8 +77,8 @@ def test_binary_search_on_non_monotone_oracle_still_ends_on_a_checked_boundary()
     for _ in range(200):
         T = rng.randint(1, 15)
         table = {m: rng.random() < 0.5 for m in range(1, T + 1)}
-        m, n = binary_search_last_recoverable(table.__getitem__, T)
-        assert n <= max_checks(T)
+        m, n = binary_search_last_recoverable(table.__getitem__, T, probe_first=T % 2 == 0)
+        assert n <= max_checks(T, probe_first=T % 2 == 0)
         assert m == 0 or table[m]  # the answer is a prefix the oracle said is recoverable
         assert m == T or not table[m + 1]  # and the next one it said is not
 
@@ -225,3 +235,16 @@ def test_every_picture_draws(tmp_path):
     assert "m* = 1" in ax.get_title()
     fig.savefig(tmp_path / "stats.png")
     plt.close(fig)
+
+
+def test_probe_first_checks_line_one_then_bisects():
+    s = BinarySearch(6, probe_first=True)  # lo = 0, hi = 7
+    assert s.query() == 1
+    s.update(True)  # lo = 1
+    assert s.query() == 4
+    s.update(False)  # hi = 4
+    assert s.query() == 2
+    s.update(True)  # lo = 2
+    assert s.query() == 3
+    s.update(True)
+    assert s.done and s.result == 3 and s.n_checks == 4 == max_checks(6, True)
