@@ -122,7 +122,7 @@ def plot_categories_by_length(records: Sequence[LineLabels], ax=None):
         bottom = [b + y for b, y in zip(bottom, ys)]
     ax.set(xlabel="code lines in the response", ylabel="share of responses", title="Response categories by length",
            ylim=(0, 1))
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return ax
 
 
