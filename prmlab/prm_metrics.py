@@ -7,6 +7,7 @@ as labels (the BCE option maps its logit to 2 sigmoid(z) - 1). Every function he
 returns plain numbers, so it is testable by hand.
 
     line_accuracy        share of non-neutral lines whose score has the label's sign
+    roc_auc, roc_curve   the Mann-Whitney AUC and the curve it is the area under
     first_error_auc      ROC AUC of "at or before the last recoverable line" (+1) vs "after it" (-1)
     calibration_curve    per score bin: mean score, mean label, share of +1 lines
     mse                  mean squared error (neutral lines included or not)
@@ -50,6 +51,28 @@ def roc_auc(scores: Sequence[float], positive: Sequence[bool]) -> float:
         i = j + 1
     rank_sum = sum(r for r, p in zip(ranks, positive) if p)  # sum of positive ranks
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)  # U / (n+ n-)
+
+
+def roc_curve(scores: Sequence[float], positive: Sequence[bool]) -> tuple[list[float], list[float]]:
+    """``(fpr, tpr)`` of the rule "score >= threshold" over every distinct threshold, from (0, 0) to (1, 1).
+
+    Tied scores move both rates at once (one diagonal step), so the trapezoid area equals :func:`roc_auc`.
+    """
+    _check_same_length(scores, positive)
+    n_pos = sum(1 for p in positive if p)
+    n_neg = len(positive) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return [0.0, 1.0], [0.0, 1.0]
+    fpr, tpr = [0.0], [0.0]
+    tp = fp = 0
+    items = sorted(zip(scores, positive), key=lambda x: -x[0])
+    for i, (s, p) in enumerate(items):
+        tp += p
+        fp += not p
+        if i + 1 == len(items) or items[i + 1][0] != s:
+            fpr.append(fp / n_neg)  # FP / N-
+            tpr.append(tp / n_pos)  # TP / N+
+    return fpr, tpr
 
 
 def line_accuracy(scores: Sequence[float], labels: Sequence[float], threshold: float = 0.0) -> float:

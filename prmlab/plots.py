@@ -1,0 +1,182 @@
+"""Per-line views of PRM scores, and the PRM's curves.
+
+Per-line views show a program listing with each line coloured by its PRM score, next to its label, in two forms
+that need no widget runtime (so they survive a static notebook export):
+
+    line_view_html(scores)      an HTML table with inline styles (also ``LineScores._repr_html_``)
+    line_view_figure(scores)    a matplotlib figure
+
+Curves: training and validation loss per epoch, ROC of the first-error AUC against the length-only baseline,
+calibration, and the data-selection comparison. Colours run red (-1, unrecoverable) through white (0) to green
+(+1, recoverable), the same in every view.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from prmlab.records import LineScores
+
+RED = (0.84, 0.19, 0.15)
+WHITE = (1.0, 1.0, 1.0)
+GREEN = (0.10, 0.60, 0.31)
+
+
+def score_rgb(score: float, low: float = -1.0, high: float = 1.0) -> tuple[float, float, float]:
+    """The colour of a score: linear from RED at ``low`` through WHITE at the midpoint to GREEN at ``high``.
+
+    Scores outside [low, high] are clipped; a NaN score is light grey.
+    """
+    if score != score:  # NaN
+        return (0.85, 0.85, 0.85)
+    mid = (low + high) / 2
+    t = max(-1.0, min(1.0, (score - mid) / ((high - low) / 2)))  # t in [-1, 1]
+    end = GREEN if t >= 0 else RED
+    a = abs(t)
+    return tuple(round(w + a * (e - w), 4) for w, e in zip(WHITE, end))  # (1 - a) white + a end
+
+
+def score_hex(score: float, low: float = -1.0, high: float = 1.0) -> str:
+    """``#rrggbb`` of :func:`score_rgb`."""
+    return "#" + "".join(f"{round(c * 255):02x}" for c in score_rgb(score, low, high))
+
+
+def _cell(value: float | None, width: str = "4.2em") -> str:
+    if value is None:
+        return f'<td style="width:{width};text-align:right;color:#999;padding:0 6px">-</td>'
+    return (f'<td style="width:{width};text-align:right;background:{score_hex(value)};padding:0 6px;'
+            f'font-variant-numeric:tabular-nums">{value:+.2f}</td>')
+
+
+def line_view_html(scores: LineScores, title: str | None = None, prompt: str | None = None) -> str:
+    """An HTML table: line number, PRM score (coloured), label (coloured), and the code line (escaped).
+
+    Only inline styles, no scripts: it renders the same in Jupyter, a static HTML export and a browser. The
+    optional ``prompt`` is shown greyed above the response lines.
+    """
+    labels: Sequence[float | None] = scores.labels if scores.labels is not None else [None] * len(scores.lines)
+    head = title if title is not None else " ".join(x for x in (scores.task_id, scores.response_id) if x)
+    mono = "font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12px"
+    rows = [f'<caption style="text-align:left;font-weight:bold;padding:2px 0">{html.escape(head)}</caption>',
+            '<tr style="color:#555"><th>#</th><th>PRM</th><th>label</th><th style="text-align:left">code</th></tr>']
+    for line in (prompt or "").splitlines():
+        rows.append(f'<tr style="color:#999"><td></td><td></td><td></td>'
+                    f'<td style="white-space:pre;padding-left:8px">{html.escape(line)}</td></tr>')
+    for i, (line, s, y) in enumerate(zip(scores.lines, scores.scores, labels), start=1):
+        rows.append(f'<tr><td style="color:#999;text-align:right;padding-right:4px">{i}</td>{_cell(s)}{_cell(y)}'
+                    f'<td style="white-space:pre;padding-left:8px;border-left:4px solid {score_hex(s)}">'
+                    f'{html.escape(line)}</td></tr>')
+    return f'<table class="prmlab-lines" style="border-collapse:collapse;{mono}">' + "".join(rows) + "</table>"
+
+
+def line_views_html(records: Sequence[LineScores], titles: Sequence[str] | None = None) -> str:
+    """Several line views side by side (wrapping), e.g. a Correct, a Revised and a Wrong response."""
+    titles = titles or [None] * len(records)
+    cells = "".join(f'<div style="margin:0 24px 12px 0">{line_view_html(r, t)}</div>' for r, t in zip(records, titles))
+    return f'<div style="display:flex;flex-wrap:wrap;align-items:flex-start">{cells}</div>'
+
+
+def _axes(ax, figsize):
+    import matplotlib.pyplot as plt
+
+    if ax is not None:
+        return ax.figure, ax
+    fig, ax = plt.subplots(figsize=figsize)
+    return fig, ax
+
+
+def line_view_figure(scores: LineScores, ax=None, max_chars: int = 60, title: str | None = None):
+    """A matplotlib listing: per line a score box and a label box (coloured, with values) and the code text."""
+    from matplotlib.patches import Rectangle
+
+    n = len(scores.lines)
+    fig, ax = _axes(ax, (8, 0.32 * n + 0.8))
+    labels = scores.labels if scores.labels is not None else [None] * n
+    for i, (line, s, y) in enumerate(zip(scores.lines, scores.scores, labels)):
+        top = n - 1 - i
+        for x, v in ((0.0, s), (1.1, y)):
+            if v is not None:
+                ax.add_patch(Rectangle((x, top), 1.0, 0.9, facecolor=score_rgb(v), edgecolor="#bbbbbb", lw=0.5))
+                ax.text(x + 0.5, top + 0.45, f"{v:+.2f}", ha="center", va="center", fontsize=8)
+        text = line if len(line) <= max_chars else line[:max_chars - 1] + "…"
+        ax.text(2.4, top + 0.45, text.expandtabs(4), ha="left", va="center", family="monospace", fontsize=9)
+    ax.text(0.5, n + 0.2, "PRM", ha="center", fontsize=8, color="#555")
+    ax.text(1.6, n + 0.2, "label", ha="center", fontsize=8, color="#555")
+    ax.set_xlim(-0.1, 2.4 + 0.13 * max_chars)
+    ax.set_ylim(-0.2, n + 0.8)
+    ax.axis("off")
+    ax.set_title(title if title is not None else f"{scores.task_id} {scores.response_id}".strip(), fontsize=9,
+                 loc="left")
+    return fig
+
+
+def plot_training_curves(history: Sequence[Mapping[str, Any]], ax=None):
+    """Train and validation loss per epoch, and validation AUC on a twin axis."""
+    fig, ax = _axes(ax, (5, 3.2))
+    epochs = [h["epoch"] for h in history]
+    ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
+    ax.plot(epochs, [h["val_loss"] for h in history], "s-", label="validation loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    if any("val_auc" in h for h in history):
+        twin = ax.twinx()
+        twin.plot(epochs, [h.get("val_auc", float("nan")) for h in history], "^--", color="tab:green",
+                  label="validation AUC")
+        twin.set_ylabel("AUC")
+        twin.set_ylim(0, 1)
+        twin.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper right", fontsize=8)
+    return fig
+
+
+def plot_roc(curves: Mapping[str, tuple[Sequence[float], Sequence[float], float]], ax=None):
+    """ROC curves, ``{name: (fpr, tpr, auc)}`` (see :func:`prmlab.prm_metrics.roc_curve`), with the diagonal."""
+    fig, ax = _axes(ax, (3.8, 3.6))
+    for name, (fpr, tpr, auc) in curves.items():
+        ax.plot(fpr, tpr, label=f"{name} (AUC {auc:.2f})")
+    ax.plot([0, 1], [0, 1], ":", color="#999")
+    ax.set_xlabel("false positive rate (lines after the first error)")
+    ax.set_ylabel("true positive rate")
+    ax.legend(loc="lower right", fontsize=8)
+    return fig
+
+
+def plot_calibration(curve: Sequence[Mapping[str, float]], ax=None):
+    """Mean label against mean score per bin (:func:`prmlab.prm_metrics.calibration_curve`); marker size ~ count."""
+    fig, ax = _axes(ax, (3.8, 3.6))
+    xs = [b["mean_score"] for b in curve]
+    ys = [b["mean_label"] for b in curve]
+    total = sum(b["count"] for b in curve) or 1
+    ax.plot([-1, 1], [-1, 1], ":", color="#999", label="calibrated")
+    ax.plot(xs, ys, "-", color="tab:blue", lw=1)
+    ax.scatter(xs, ys, s=[20 + 400 * b["count"] / total for b in curve], color="tab:blue", zorder=3, label="PRM")
+    ax.set_xlabel("mean PRM score in bin")
+    ax.set_ylabel("mean label in bin")
+    ax.set_xlim(-1.05, 1.05)
+    ax.set_ylim(-1.05, 1.05)
+    ax.legend(loc="upper left", fontsize=8)
+    return fig
+
+
+def plot_selection_comparison(metrics: Mapping[str, Mapping[str, float]], keys: Sequence[str] = ("auc", "accuracy"),
+                              baseline_key: str | None = "baseline_auc", ax=None):
+    """Grouped bars of test metrics per data selection (``{selection: metrics}``); the baseline as a dashed line."""
+    fig, ax = _axes(ax, (6, 3.2))
+    names = list(metrics)
+    width = 0.8 / max(len(keys), 1)
+    for j, key in enumerate(keys):
+        xs = [i + (j - (len(keys) - 1) / 2) * width for i in range(len(names))]
+        vals = [metrics[n].get(key, float("nan")) for n in names]
+        bars = ax.bar(xs, vals, width, label=key)
+        for b, v in zip(bars, vals):
+            ax.text(b.get_x() + b.get_width() / 2, v + 0.01, f"{v:.2f}", ha="center", fontsize=7)
+    if baseline_key:
+        base = [metrics[n].get(baseline_key) for n in names if metrics[n].get(baseline_key) is not None]
+        if base:
+            ax.axhline(sum(base) / len(base), ls="--", color="#777", label="length-only baseline AUC")
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylim(0, 1.08)
+    ax.legend(fontsize=8, loc="lower right")
+    return fig
