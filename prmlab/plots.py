@@ -5,6 +5,7 @@ that need no widget runtime (so they survive a static notebook export):
 
     line_view_html(scores)      an HTML table with inline styles (also ``LineScores._repr_html_``)
     line_view_figure(scores)    a matplotlib figure
+    token_view_html(...)        the tokens of a program with the token read for each line outlined
 
 Curves: training and validation loss per epoch, ROC of the first-error AUC against the length-only baseline,
 calibration, and the data-selection comparison. Colours run red (-1, unrecoverable) through white (0) to green
@@ -76,6 +77,34 @@ def line_views_html(records: Sequence[LineScores], titles: Sequence[str] | None 
     titles = titles or [None] * len(records)
     cells = "".join(f'<div style="margin:0 24px 12px 0">{line_view_html(r, t)}</div>' for r, t in zip(records, titles))
     return f'<div style="display:flex;flex-wrap:wrap;align-items:flex-start">{cells}</div>'
+
+
+def token_view_html(pieces: Sequence[str], positions: Sequence[int], labels: Sequence[float] | None = None,
+                    n_prompt: int = 0) -> str:
+    """The tokens of prompt + completion as boxes; the token read for line i (``positions[i]``) is outlined and
+    coloured by line i's label, with the line number above it. Prompt tokens (the first ``n_prompt``) are grey.
+
+    A newline inside a token is drawn as ``↵`` and breaks the row, so the layout follows the code.
+    """
+    marks: dict[int, list[int]] = {}
+    for line, pos in enumerate(positions, start=1):
+        marks.setdefault(pos, []).append(line)
+    out = []
+    for i, piece in enumerate(pieces):
+        text = html.escape(piece).replace("\r", "").replace(" ", "&nbsp;").replace("\t", "&nbsp;" * 4)
+        text = text.replace("\n", '↵</span><br><span style="display:inline-block">')
+        style = "border:1px solid #ddd;margin:1px;padding:0 1px;display:inline-block"
+        if i < n_prompt:
+            style += ";color:#aaa"
+        sup = ""
+        if i in marks:
+            lines = marks[i]
+            fill = score_hex(labels[lines[-1] - 1]) if labels is not None else "#ffe08a"
+            style += f";border:2px solid #333;background:{fill}"
+            sup = f'<sup style="font-size:9px;color:#333">{",".join(map(str, lines))}</sup>'
+        out.append(f'<span style="{style}"><span style="display:inline-block">{text}</span>{sup}</span>')
+    mono = "font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12px;line-height:1.9"
+    return f'<div class="prmlab-tokens" style="{mono}">' + "".join(out) + "</div>"
 
 
 def _axes(ax, figsize):

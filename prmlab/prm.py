@@ -154,10 +154,12 @@ class PRM:
         return lora + list(self.head.parameters())
 
 
-def new_prm(model_cfg: ModelConfig, loss: str = "mse", model=None, tokenizer=None, seed: int = 0) -> PRM:
+def new_prm(model_cfg: ModelConfig, loss: str = "mse", model=None, tokenizer=None, seed: int = 0,
+            reset: bool = True) -> PRM:
     """A fresh PRM: the ``prm`` adapter (identity at start) on ``model`` (or the config's base) and a zero head.
 
-    ``model`` may be a plain causal LM (the adapter is added) or a peft model (``prm`` is added if missing).
+    ``model`` may be a plain causal LM (the adapter is added) or a peft model (``prm`` is added if missing; if it
+    is there already, ``reset`` re-initialises its LoRA weights, B = 0, so training starts from the base model).
     """
     from peft import PeftModel
 
@@ -171,6 +173,10 @@ def new_prm(model_cfg: ModelConfig, loss: str = "mse", model=None, tokenizer=Non
         model = add_adapters(model, model_cfg, names=(ADAPTER,))
     elif ADAPTER not in model.peft_config:
         model.add_adapter(ADAPTER, lora_config(model_cfg))
+    elif reset:
+        for module in model.modules():
+            if hasattr(module, "reset_lora_parameters") and ADAPTER in getattr(module, "lora_A", {}):
+                module.reset_lora_parameters(ADAPTER, True)
     hidden = model.get_base_model().config.hidden_size
     head = ScalarHead(hidden).to(next(model.parameters()).device)
     return PRM(model, head, tokenizer, loss=loss, track=model_cfg.track)
@@ -212,7 +218,7 @@ def load_prm(ckpt_dir: str | Path, model=None, tokenizer=None) -> PRM:
     ckpt_dir = Path(ckpt_dir)
     meta = json.loads((ckpt_dir / "config.json").read_text(encoding="utf-8"))
     model_cfg = from_dict(ModelConfig, meta["model"]) if "model" in meta else ModelConfig()
-    prm = new_prm(model_cfg, meta.get("loss", "mse"), model=model, tokenizer=tokenizer)
+    prm = new_prm(model_cfg, meta.get("loss", "mse"), model=model, tokenizer=tokenizer, reset=False)
     return load_prm_weights(prm, ckpt_dir)
 
 

@@ -9,22 +9,26 @@ Data selection (the paper's Table 2; difficulty of a task = the policy's pass ra
     medium-only    keep the tasks with hard_below <= pass rate <= easy_above
     revised-only   keep the *Revised* responses only (failed, but a non-empty prefix was recoverable)
 
+Policy drift: :func:`label_drift_set` labels a shifted policy's responses on held-out tasks.
+
 An :class:`Example` is one response tokenised once as ``prompt + completion`` with, for every line, the index of
 the token holding its last character (:func:`prmlab.lines.token_positions_for_lines`) and its float label.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from prmlab.config import DATA_SELECTIONS
+from prmlab.config import DATA_SELECTIONS, Config, TaskConfig
 from prmlab.lines import token_positions_for_lines
-from prmlab.records import LineLabels
+from prmlab.records import LineLabels, Task, read_jsonl, write_jsonl
 
 
 def completion_text(lines: Sequence[str]) -> str:
@@ -149,3 +153,43 @@ def batches(examples: Sequence[Example], batch_size: int, shuffle_seed: int | No
     if shuffle_seed is not None:
         random.Random(shuffle_seed).shuffle(order)
     return [[examples[i] for i in order[s:s + batch_size]] for s in range(0, len(order), batch_size)]
+
+
+def held_out_tasks(cfg: TaskConfig) -> list[Task]:
+    """The evaluation tasks of a task config (never labelled for training): toy eval split, HumanEval's held-out
+    share, or the hub benchmark's test split."""
+    if cfg.source == "toy":
+        from prmlab.tasks.toy import toy_tasks_from_config
+
+        return toy_tasks_from_config(cfg)[1]
+    if cfg.source == "humaneval":
+        from prmlab.tasks.humaneval import load_humaneval
+
+        return load_humaneval("eval", eval_fraction=cfg.eval_fraction, seed=cfg.seed)[:cfg.n_eval]
+    from prmlab.tasks.hub import load_hub_tasks
+
+    return load_hub_tasks(cfg.source, None, limit=cfg.n_eval)
+
+
+def label_drift_set(cfg: Config, run_dir: str | Path, n_tasks: int, temperature: float, allow_execution: bool = False,
+                    model=None, tokenizer=None, progress: bool = True) -> list[LineLabels]:
+    """Labels of a *shifted* policy's responses on held-out tasks, for the PRM's accuracy under policy drift.
+
+    The policy is the base checkpoint sampled at ``temperature`` (instead of ``cfg.sampling.temperature``) with
+    another seed: a stand-in for a later RL checkpoint until one exists (then label that checkpoint's responses
+    and pass them instead). Labelling is the same as for the training data (same best-of-K completer), in
+    ``run_dir/drift/``; the records are returned with ``policy = "<policy>@T<temperature>"`` and also written to
+    ``run_dir/labels_drift.jsonl`` (what ``PRMConfig.drift_labels`` can point at).
+    """
+    from prmlab.label_stage import run_labeling
+
+    run_dir = Path(run_dir)
+    shifted = cfg.replace(sampling={"temperature": temperature, "seed": cfg.sampling.seed + 1})
+    tasks = held_out_tasks(cfg.tasks)[:n_tasks]
+    run_labeling(shifted, run_dir / "drift", allow_execution=allow_execution, progress=progress, model=model,
+                 tokenizer=tokenizer, tasks=tasks)
+    wanted = {t.task_id for t in tasks}
+    records = [dataclasses.replace(r, policy=f"{r.policy}@T{temperature:g}")
+               for r in read_jsonl(run_dir / "drift" / "labels.jsonl", LineLabels) if r.task_id in wanted]
+    write_jsonl(run_dir / "labels_drift.jsonl", records)
+    return records

@@ -97,3 +97,15 @@ def test_curves_draw():
     fig = plot_selection_comparison({"full": {"auc": 0.8, "accuracy": 0.9, "baseline_auc": 0.5},
                                      "revised-only": {"auc": 0.85, "accuracy": 0.7, "baseline_auc": 0.5}})
     assert len(fig.axes[0].patches) == 4
+
+
+def test_token_view_marks_the_line_end_tokens():
+    from prmlab.plots import token_view_html
+
+    pieces = ["def", " f", "():", "\n   ", " x", " =", " 1", "\n"]
+    page = token_view_html(pieces, positions=[3, 7], labels=[1.0, -1.0], n_prompt=3)
+    assert page.count("<sup") == 2 and ">1</sup>" in page and ">2</sup>" in page
+    assert score_hex(1.0) in page and score_hex(-1.0) in page
+    assert page.count("↵") == 2 and page.count("color:#aaa") == 3
+    shared = token_view_html(pieces, positions=[7, 7])
+    assert ">1,2</sup>" in shared  # two lines read at one token

@@ -337,3 +337,32 @@ def test_run_prm_trains_and_evaluates_drift(tiny, tmp_path, monkeypatch):
     assert result.epochs_run == 1 and (tmp_path / "prm" / "head.safetensors").exists()
     drift = json.loads((tmp_path / "prm" / "drift_metrics.json").read_text())
     assert drift["n_responses"] == 6
+
+
+def test_training_again_on_the_same_model_starts_from_the_base(tiny, tmp_path):
+    from prmlab.prm import new_prm
+
+    prm = _fresh(tiny)  # adapter weights perturbed, as after a training run
+    again = new_prm(ModelConfig(), model=prm.model, tokenizer=tiny[1])
+    assert all(float(p.abs().sum()) == 0 for n, p in again.model.named_parameters() if "lora_B.prm" in n)
+    assert all(s == 0 for r in again.score(PROGRAMS) for s in r.scores), "fresh adapter and zero head predict 0"
+
+
+def test_label_drift_set_labels_held_out_tasks_with_a_shifted_policy(tiny, tmp_path):
+    from prmlab.config import preset
+    from prmlab.prm_data import held_out_tasks, label_drift_set
+    from prmlab.records import read_jsonl
+
+    cfg = preset("tiny").replace(tasks={"n_train": 3, "n_eval": 2, "max_lines": 3},
+                                 sampling={"n_samples": 2, "max_new_tokens": 12, "batch_size": 8},
+                                 labels={"k": 2, "chunk": 1, "max_new_tokens": 12, "group_size": 4})
+    with pytest.raises(PermissionError):
+        label_drift_set(cfg, tmp_path, n_tasks=2, temperature=0.5)
+    recs = label_drift_set(cfg, tmp_path, n_tasks=2, temperature=0.5, allow_execution=True, model=tiny[0],
+                           tokenizer=tiny[1], progress=False)
+    eval_ids = {t.task_id for t in held_out_tasks(cfg.tasks)}
+    assert len(recs) == 4 and {r.task_id for r in recs} <= eval_ids
+    assert {r.policy for r in recs} == {"base@T0.5"}
+    assert [r.response_id for r in read_jsonl(tmp_path / "labels_drift.jsonl", LineLabels)] == \
+        [r.response_id for r in recs]
+    assert json.loads((tmp_path / "drift" / "config.json").read_text())["sampling"]["temperature"] == 0.5
