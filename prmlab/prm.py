@@ -239,20 +239,26 @@ class PRMTrainResult:
     prm: PRM | None = field(default=None, repr=False)
 
 
-def _val_loss(prm: PRM, examples: Sequence[Example], cfg: PRMConfig) -> float:
-    """Line-weighted mean loss over ``examples`` (no gradients, eval mode)."""
+def validate(prm: PRM, records: Sequence[LineLabels], examples: Sequence[Example],
+             cfg: PRMConfig) -> tuple[float, list[LineScores]]:
+    """One pass over held-out responses: the line-weighted mean loss, and the scores with labels attached."""
     prm.model.eval()
     total, n = 0.0, 0.0
+    out: list[LineScores] = []
     with torch.no_grad():
-        for group in batches(examples, cfg.batch_size):
+        for start in range(0, len(examples), cfg.batch_size):
+            group = examples[start:start + cfg.batch_size]
             batch = collate(group, prm.tokenizer.pad_token_id or 0)
             raw = prm.line_outputs(batch)  # (B, L)
-            mask = batch.line_mask * (1.0 if cfg.neutral_in_loss else (batch.targets != 0).float())
-            count = float(mask.sum())
-            total += float(prm_loss(raw, batch.targets.to(raw.device), batch.line_mask.to(raw.device), cfg.loss,
-                                    cfg.neutral_in_loss)) * count
+            targets, line_mask = batch.targets.to(raw.device), batch.line_mask.to(raw.device)
+            count = float((line_mask * (1.0 if cfg.neutral_in_loss else (targets != 0).float())).sum())
+            total += float(prm_loss(raw, targets, line_mask, cfg.loss, cfg.neutral_in_loss)) * count
             n += count
-    return total / n if n else float("nan")
+            s = raw_to_score(raw, cfg.loss).float().cpu()  # (B, L)
+            for b, r in enumerate(records[start:start + cfg.batch_size]):
+                out.append(LineScores(r.task_id, r.response_id, r.completions, tuple(s[b, :len(r.labels)].tolist()),
+                                      r.labels, meta={"category": r.category, "policy": r.policy}))
+    return (total / n if n else float("nan")), out
 
 
 def train_step(prm: PRM, optimizer: torch.optim.Optimizer, group: Sequence[Example], cfg: PRMConfig) -> float:
@@ -315,8 +321,8 @@ def train_prm(labels: Sequence[LineLabels], cfg: PRMConfig, model_cfg: ModelConf
         groups = batches(train_ex, cfg.batch_size, shuffle_seed=cfg.seed * 1000 + epoch)
         losses = [train_step(prm, optimizer, g, cfg) for g in tqdm(groups, desc=f"PRM epoch {epoch}",
                                                                     disable=not progress, leave=False)]
-        val_loss = _val_loss(prm, val_ex, cfg)
-        vm = evaluate(prm.score_labels(val, cfg.batch_size))
+        val_loss, val_scores = validate(prm, val, val_ex, cfg)
+        vm = evaluate(val_scores)
         row = {"epoch": epoch, "train_loss": sum(losses) / len(losses), "train_loss_last": losses[-1],
                "val_loss": val_loss, "val_auc": vm["auc"], "val_accuracy": vm["accuracy"], "val_mse": vm["mse"]}
         history.append(row)
