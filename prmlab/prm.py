@@ -235,8 +235,18 @@ class PRMTrainResult:
     n_train: int
     n_val: int
     n_test: int
+    data_selection: str = "full"
     history: list[dict[str, Any]] = field(default_factory=list, repr=False)
     prm: PRM | None = field(default=None, repr=False)
+
+    def __str__(self) -> str:
+        t = self.test_metrics or self.val_metrics
+        where = "test" if self.test_metrics else "validation"
+        return (f"PRM trained on {self.n_train} responses ({self.data_selection}), best epoch {self.best_epoch} of "
+                f"{self.epochs_run}, validation loss {self.best_val_loss:.4f}; {where} ({self.n_test or self.n_val} "
+                f"responses): AUC {t.get('auc', float('nan')):.3f} (length-only "
+                f"{t.get('baseline_auc', float('nan')):.3f}), accuracy {t.get('accuracy', float('nan')):.3f}, "
+                f"MSE {t.get('mse', float('nan')):.3f} -> {self.out_dir}")
 
 
 def validate(prm: PRM, records: Sequence[LineLabels], examples: Sequence[Example],
@@ -336,7 +346,7 @@ def train_prm(labels: Sequence[LineLabels], cfg: PRMConfig, model_cfg: ModelConf
     val_metrics = evaluate(prm.score_labels(val, cfg.batch_size))
     test_metrics = evaluate(prm.score_labels(test, cfg.batch_size)) if test else {}
     result = PRMTrainResult(str(out_dir), best[1], len(history), best[0], val_metrics, test_metrics, len(train),
-                            len(val), len(test), history, prm)
+                            len(val), len(test), cfg.data_selection, history, prm)
     (out_dir / "result.json").write_text(json.dumps(_result_json(result), indent=2) + "\n", encoding="utf-8")
     return result
 

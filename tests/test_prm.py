@@ -366,3 +366,13 @@ def test_label_drift_set_labels_held_out_tasks_with_a_shifted_policy(tiny, tmp_p
     assert [r.response_id for r in read_jsonl(tmp_path / "labels_drift.jsonl", LineLabels)] == \
         [r.response_id for r in recs]
     assert json.loads((tmp_path / "drift" / "config.json").read_text())["sampling"]["temperature"] == 0.5
+
+
+def test_train_result_prints_one_line_summary():
+    from prmlab.prm import PRMTrainResult
+
+    r = PRMTrainResult("runs/x/prm", 2, 4, 0.19, {}, {"auc": 0.95, "baseline_auc": 0.47, "accuracy": 0.93, "mse": 0.18},
+                       720, 240, 240, "revised-only")
+    text = str(r)
+    assert "720 responses (revised-only)" in text and "AUC 0.950 (length-only 0.470)" in text
+    assert "best epoch 2 of 4" in text and text.endswith("-> runs/x/prm")
