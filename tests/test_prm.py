@@ -376,3 +376,29 @@ def test_train_result_prints_one_line_summary():
     text = str(r)
     assert "720 responses (revised-only)" in text and "AUC 0.950 (length-only 0.470)" in text
     assert "best epoch 2 of 4" in text and text.endswith("-> runs/x/prm")
+
+
+def test_prm_on_a_4bit_base_trains_scores_and_round_trips(tiny, tmp_path):
+    """The QLoRA path (cpu-real, gpu presets): bitsandbytes 4-bit base, prm adapter + head in fp32."""
+    import dataclasses
+
+    pytest.importorskip("bitsandbytes")
+    from prmlab.models import load_base_model
+    from prmlab.prm import load_prm, new_prm, save_prm, train_step
+
+    model, tok = tiny
+    model.save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    mc = ModelConfig(name_or_path=str(tmp_path / "base"), load_in_4bit=True)
+    prm = new_prm(mc, model=load_base_model(mc), tokenizer=tok)
+    assert type(prm.model.get_base_model().model.layers[0].mlp.up_proj.base_layer).__name__ == "Linear4bit"
+    examples = [prm.encode(r) for r in _synthetic(2, 2)]
+    opt = torch.optim.AdamW(prm.trainable(), lr=1e-2)
+    losses = [train_step(prm, opt, examples, PRMConfig()) for _ in range(10)]
+    assert losses[-1] < losses[0] / 2
+    batched = prm.score(PROGRAMS, batch_size=4)
+    alone = [prm.score([p], batch_size=1)[0] for p in PROGRAMS]
+    assert all(abs(a - b) < 1e-5 for x, y in zip(batched, alone) for a, b in zip(x.scores, y.scores))
+    save_prm(prm, tmp_path / "ckpt", {"model": dataclasses.asdict(mc)})
+    loaded = load_prm(tmp_path / "ckpt", tokenizer=tok)  # base re-loaded in 4 bit from the saved ModelConfig
+    assert [r.scores for r in loaded.score(PROGRAMS)] == [r.scores for r in batched]
