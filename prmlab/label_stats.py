@@ -178,8 +178,8 @@ def plot_cost(binary: Sequence[LineLabels], mc: Sequence[LineLabels], ax=None):
 def plot_response_labels(record: LineLabels, ax=None, max_chars: int = 48):
     """One response line by line: its code, a coloured label cell per line, and where the search looked.
 
-    Each binary-search check (``meta["trace"]``) is drawn as a tick at the end of the prefix it tested: a filled
-    circle when some completion passed (recoverable), a cross when none did; the dashed line is the boundary m*.
+    Each binary-search check (``meta["trace"]``) is drawn at the end of the prefix it tested, numbered in the order
+    made: a filled circle when some completion passed (recoverable), a cross when none did; the dashed line is m*.
     """
     lines = list(record.completions)
     ax = _axes(ax, figsize=(7.5, 0.35 * len(lines) + 1.2))
@@ -189,12 +189,13 @@ def plot_response_labels(record: LineLabels, ax=None, max_chars: int = 48):
         ax.text(0.3, y, f"{label:+.0f}" if label else "0", ha="center", va="center", fontsize=8, color="white")
         text = line if len(line) <= max_chars else line[:max_chars - 1] + "…"
         ax.text(0.8, y, f"{i + 1:>2}  {text}", va="center", family="monospace", fontsize=8)
-    for m, ok in record.meta.get("trace", []):
+    for j, (m, ok) in enumerate(record.meta.get("trace", []), start=1):
         y = len(lines) - m
         ax.plot(-0.5, y, marker="o" if ok else "x", color=COLORS[1.0] if ok else COLORS[-1.0], ms=7, mew=2)
+        ax.text(-0.85, y, str(j), ha="right", va="center", fontsize=7, color="#555555")  # order of the check
     if record.category != "correct":
         ax.axhline(len(lines) - record.last_recoverable - 0.5, color="#333333", ls="--", lw=1)
-    ax.set_xlim(-1, 10)
+    ax.set_xlim(-1.3, 10)
     ax.set_ylim(-0.8, len(lines) - 0.2)
     ax.axis("off")
     ax.set_title(f"{record.response_id}  [{record.category}]  m* = {record.last_recoverable}, "
