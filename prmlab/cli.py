@@ -3,6 +3,7 @@
     prmlab config     --preset tiny                 print the resolved configuration as JSON
     prmlab label      --preset tiny --allow-execution   sample responses, execute them, binary-search line labels
     prmlab train-prm  --preset tiny                 train the PRM on runs/<name>/labels.jsonl
+    prmlab report     --preset tiny                 runs/<name>/report.md and figures/ for the stages that ran
     prmlab pipeline   --preset tiny --allow-execution   every stage above, in order
 
 Every command takes ``--preset``, ``--seed``, ``--run-dir`` (default ``runs/<preset>``) and repeated
@@ -65,7 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("config", parents=[common], help="print the resolved configuration")
     sub.add_parser("label", parents=[common, execution], help="sample, execute and label responses line by line")
     sub.add_parser("train-prm", parents=[common], help="train the process reward model on the labels")
-    sub.add_parser("pipeline", parents=[common, execution], help="run every stage in order")
+    sub.add_parser("report", parents=[common], help="write report.md and figures for the stages that ran")
+    sub.add_parser("pipeline", parents=[common, execution], help="run every stage in order, then the report")
     return parser
 
 
@@ -83,6 +85,14 @@ def _train_prm(cfg: Config, run_dir: Path) -> None:
     print(f"[train-prm] {result}")
 
 
+def _report(run_dir: Path) -> None:
+    from prmlab.report import write_report
+
+    path = write_report(run_dir)
+    print(path.read_text(encoding="utf-8"))
+    print(f"[report] written to {path} (figures in {run_dir / 'figures'})")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -97,10 +107,12 @@ def main(argv: list[str] | None = None) -> int:
         _label(cfg, run_dir, args.allow_execution)
     elif args.command == "train-prm":
         _train_prm(cfg, run_dir)
+    elif args.command == "report":
+        _report(run_dir)
     elif args.command == "pipeline":
         _label(cfg, run_dir, args.allow_execution)
         _train_prm(cfg, run_dir)
-        print(f"[pipeline] done: results in {run_dir}/")
+        _report(run_dir)
     return 0
 
 

@@ -335,7 +335,7 @@ def preset(name: str, seed: int = 0) -> Config:
         return Config(
             name="tiny", seed=seed,
             model=ModelConfig(name_or_path="toy-coder", track="completion"),
-            tasks=TaskConfig(source="toy", n_train=400, n_eval=200, seed=seed),
+            tasks=TaskConfig(source="toy", n_train=200, n_eval=200, seed=seed),
             sampling=SamplingConfig(n_samples=4, temperature=1.0, max_new_tokens=160, batch_size=64, seed=seed),
             labels=LabelConfig(k=8, seed=seed),
             prm=PRMConfig(seed=seed),

@@ -38,3 +38,20 @@ def test_config_command_prints_json(capsys):
 def test_invalid_override_exits_2_with_message(capsys):
     assert main(["config", "--set", "labels.k=-1"]) == 2
     assert "LabelConfig.k" in capsys.readouterr().err
+
+
+def test_report_summarises_labels_and_prm(tmp_path, capsys):
+    from prmlab.records import LineLabels, write_jsonl
+
+    recs = [LineLabels(prompt="p", completions=("a = 1", "return a"), labels=(1.0, -1.0), task_id=f"t{i}",
+                       response_id=f"t{i}/0", category=c, last_recoverable=1)
+            for i, c in enumerate(["revised", "wrong", "wrong", "correct"])]
+    write_jsonl(tmp_path / "labels.jsonl", recs)
+    (tmp_path / "prm").mkdir()
+    (tmp_path / "prm" / "result.json").write_text(json.dumps(
+        {"test_metrics": {"auc": 0.9, "baseline_auc": 0.5, "accuracy": 0.8, "mse": 0.2},
+         "history": [{"epoch": 1, "train_loss": 1.0, "val_loss": 0.9}]}))
+    assert main(["report", "--run-dir", str(tmp_path)]) == 0
+    text = (tmp_path / "report.md").read_text()
+    assert "| share wrong | 50.0% |" in text and "| PRM first-error ROC AUC (held-out tasks) | 0.900 |" in text
+    assert (tmp_path / "figures" / "categories_by_length.png").exists()

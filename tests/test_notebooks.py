@@ -1,8 +1,6 @@
 """Every notebook executes headless on the tiny preset, and notebooks only narrate and call (no def/class)."""
 
 import ast
-import json
-import os
 from pathlib import Path
 
 import nbformat
@@ -11,10 +9,12 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 # Small knobs so each notebook runs in about a minute in CI; each notebook's parameters cell documents them.
+# Notebooks 01 and 02 share one run directory (02 reads 01's labels), as they do by default.
 QUICK = {
-    "00_tour": {},
-    "01_labelling": {"N_TASKS": 24},
-    "02_prm": {},
+    "00_tour": {"N_TASKS": 8, "RUN_DIR": "tour"},
+    "01_labelling": {"N_TASKS": 24, "MC_RESPONSES": 10, "RUN_DIR": "labels"},
+    "02_prm": {"N_TASKS": 24, "DRIFT_TASKS": 6, "EPOCHS": 3, "SELECTIONS": ["full", "revised-only"],
+               "RUN_DIR": "labels"},
 }
 
 
@@ -41,16 +41,20 @@ def test_notebook_has_no_definitions_and_no_outputs(path):
                 f"{path.name}: logic belongs in prmlab/, not in notebook cells"
 
 
+@pytest.fixture(scope="module")
+def notebook_runs(tmp_path_factory):
+    """A fresh run directory per test session, so the notebooks build everything they need themselves."""
+    return tmp_path_factory.mktemp("notebook-runs")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_executes_headless_on_tiny(path, tmp_path):
+def test_notebook_executes_headless_on_tiny(path, notebook_runs):
     import papermill
 
-    out_dir = ROOT / "runs" / "notebooks"
+    out_dir = ROOT / "runs" / "notebooks"  # executed copies, for reading after a run
     out_dir.mkdir(parents=True, exist_ok=True)
     params = {"PROFILE": "tiny", **QUICK.get(path.stem, {})}
-    env_dir = os.environ.get("PRMLAB_NOTEBOOK_RUN_DIR")
-    if env_dir:
-        params["RUN_DIR"] = env_dir
+    params["RUN_DIR"] = str(notebook_runs / params.get("RUN_DIR", path.stem))
     papermill.execute_notebook(str(path), str(out_dir / path.name), parameters=params, cwd=str(ROOT),
                                kernel_name="python3", progress_bar=False)
