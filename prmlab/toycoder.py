@@ -288,3 +288,10 @@ def _save_model(model, tok, out: Path) -> None:
         do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=160)
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
+    # A tokenizer loaded from a directory (second stage) records where it was loaded from; that is not a property
+    # of the tokenizer and would differ between otherwise identical saves.
+    cfg_path = out / "tokenizer_config.json"
+    tok_cfg = json.loads(cfg_path.read_text())
+    if any(k in tok_cfg for k in ("is_local", "local_files_only")):
+        tok_cfg = {k: v for k, v in tok_cfg.items() if k not in ("is_local", "local_files_only")}
+        cfg_path.write_text(json.dumps(tok_cfg, indent=2, ensure_ascii=False) + "\n")

@@ -244,8 +244,7 @@ def _regenerate(train_cfg: dict[str, Any], m: dict[str, Any], command: str) -> s
             f"{e['first_loss']:.3f} -> {e['final_loss']:.3f}, {e['train_s'] / 60:.1f} min; stage 2 from step "
             f"{e['steps']}: {m['n_samples']} samples, data seed {m['data_seed']}.\n"
             f"- regenerate: `.venv/bin/python scripts/train_toy_coder.py --out /tmp/toy-coder-stage1 --n-samples "
-            f"{e['n_samples']} --data-seed {e['data_seed']} --no-eval` then\n  `{cmd}` with "
-            f"`--init-from /tmp/toy-coder-stage1` (`init_from` in `train_config.json`).")
+            f"{e['n_samples']} --data-seed {e['data_seed']} --seed {e['seed']} --no-eval` then\n  `{cmd}`.")
 
 
 def render_card(train_cfg: dict[str, Any], train_metrics: dict[str, Any], result: dict[str, Any],

@@ -45,12 +45,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def train_command(out: Path, t: dict) -> str:
-    """The command that trains the model in ``out`` again, from its ``train_config.json``."""
+STAGE1_DIR = "/tmp/toy-coder-stage1"
+"""Where the card's regenerating commands put the first stage of a two-stage training."""
+
+
+def train_command(out: Path, t: dict, init_from: str | None = None) -> str:
+    """The command that trains the model in ``out`` again, from its ``train_config.json``.
+
+    For a second stage, ``init_from`` replaces the recorded first-stage directory (which may be ``out`` itself once
+    shipped)."""
     cmd = (f".venv/bin/python scripts/train_toy_coder.py --out {shlex.quote(str(out))} --n-samples "
            f"{t['corpus']['n_samples']} --data-seed {t['corpus']['seed']} --seed {t['seed']} --epochs {t['epochs']} "
            f"--lr {t['lr']} --warmup-steps {t['warmup_steps']} --threads {t['threads']}")
-    return cmd + (f" --init-from {shlex.quote(t['init_from'])}" if t.get("init_from") else "")
+    src = (init_from or t["init_from"]) if t.get("init_from") else ""
+    return cmd + (f" --init-from {shlex.quote(src)}" if src else "")
 
 
 def write_card(out: Path, ev: dict) -> None:
@@ -60,7 +68,8 @@ def write_card(out: Path, ev: dict) -> None:
     repeat = None
     if "repeat_identical" in ev:
         repeat = {"pass_at_1_by_length": ev["pass_at_1_by_length"] if ev["repeat_identical"] else {}}
-    (out / "README.md").write_text(render_card(train_cfg, train_metrics, ev, repeat, train_command(out, train_cfg)))
+    command = train_command(out, train_cfg, STAGE1_DIR)
+    (out / "README.md").write_text(render_card(train_cfg, train_metrics, ev, repeat, command))
 
 
 def main(argv=None) -> None:
