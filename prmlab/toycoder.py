@@ -20,6 +20,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -207,7 +208,8 @@ def train_steps(model, encoded, batches, cfg: ToyCoderConfig, pad_id: int, progr
     return losses, tokens
 
 
-def save_loss_curve(losses: list[tuple[int, float]], path: Path) -> None:
+def save_loss_curve(losses: list[tuple[int, float]], path: Path, stage_starts: Sequence[int] = ()) -> None:
+    """Plot (step, loss) pairs on a log scale; a dashed line marks the first step of each later training stage."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -218,6 +220,10 @@ def save_loss_curve(losses: list[tuple[int, float]], path: Path) -> None:
     ax.set_xlabel("step")
     ax.set_ylabel("loss (solution tokens, nats)")
     ax.set_yscale("log")
+    for k, step in enumerate(stage_starts, start=2):
+        ax.axvline(step, color="grey", linestyle="--", linewidth=1)
+        ax.annotate(f"stage {k}", (step, 1), xycoords=("data", "axes fraction"), xytext=(3, -12),
+                    textcoords="offset points", fontsize=8, color="grey")
     ax.set_title("toy-coder training loss")
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -243,11 +249,13 @@ def train_toy_coder(cfg: ToyCoderConfig, out_dir: str | Path, progress: bool = T
     t1 = time.time()
     losses, tokens = train_steps(model, encoded, batches, cfg, tok.pad_token_id, progress)
     t2 = time.time()
+    stage_starts: list[int] = []
     if earlier:  # the loss curve continues the earlier stage's
         offset = earlier["steps"]
         losses = [tuple(x) for x in earlier["losses"]] + [(s + offset, v) for s, v in losses]
+        stage_starts = [*earlier.get("stage_starts", []), offset + 1]
     _save_model(model, tok, out)
-    save_loss_curve(losses, out / "loss_curve.png")
+    save_loss_curve(losses, out / "loss_curve.png", stage_starts)
     metrics = {
         "n_parameters": sum(p.numel() for p in model.parameters()),
         "n_samples": len(encoded), "corpus_tokens": sum(len(ids) for ids, _ in encoded),
@@ -255,7 +263,7 @@ def train_toy_coder(cfg: ToyCoderConfig, out_dir: str | Path, progress: bool = T
         "tokens_seen": tokens, "final_loss": losses[-1][1], "first_loss": losses[0][1],
         "prepare_s": round(t1 - t0, 1), "train_s": round(t2 - t1, 1),
         "tokens_per_s": round(tokens / max(t2 - t1, 1e-9), 1), "data_seed": cfg.corpus.seed, "seed": cfg.seed,
-        "losses": losses, "init_from": cfg.init_from,
+        "losses": losses, "stage_starts": stage_starts, "init_from": cfg.init_from,
         "earlier_stage": {k: v for k, v in earlier.items() if k != "losses"} if earlier else None,
     }
     if earlier:

@@ -242,7 +242,8 @@ def _regenerate(train_cfg: dict[str, Any], m: dict[str, Any], command: str) -> s
     return (f"- trained in two stages (the second continues the first's weights and tokenizer on a fresh corpus);\n"
             f"  stage 1: {e['n_samples']} samples, data seed {e['data_seed']}, {e['steps']} steps, loss "
             f"{e['first_loss']:.3f} -> {e['final_loss']:.3f}, {e['train_s'] / 60:.1f} min; stage 2 from step "
-            f"{e['steps']}: {m['n_samples']} samples, data seed {m['data_seed']}.\n"
+            f"{e['steps']}: {m['n_samples']} samples, data seed {m['data_seed']} (the dashed line in `loss_curve.png`; "
+            f"the bump after it is the second stage's learning-rate warm-up on new samples).\n"
             f"- regenerate: `.venv/bin/python scripts/train_toy_coder.py --out /tmp/toy-coder-stage1 --n-samples "
             f"{e['n_samples']} --data-seed {e['data_seed']} --seed {e['seed']} --no-eval` then\n  `{cmd}`.")
 
