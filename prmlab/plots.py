@@ -149,14 +149,20 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], ax=None):
     ax.plot(epochs, [h["val_loss"] for h in history], "s-", label="validation loss")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
+    handles = ax.get_lines()
     if any("val_auc" in h for h in history):
         twin = ax.twinx()
         twin.plot(epochs, [h.get("val_auc", float("nan")) for h in history], "^--", color="tab:green",
                   label="validation AUC")
         twin.set_ylabel("AUC")
         twin.set_ylim(0, 1)
-        twin.legend(loc="lower right", fontsize=8)
-    ax.legend(loc="upper right", fontsize=8)
+        handles = [*handles, *twin.get_lines()]
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    # One legend for both axes, below the plot, so it never hides a curve.
+    ax.legend(handles, [h.get_label() for h in handles], loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3,
+              fontsize=8, frameon=False)
     return fig
 
 

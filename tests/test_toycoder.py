@@ -187,6 +187,9 @@ def test_second_stage_continues_from_a_trained_model(tiny_run, tmp_path):
     assert second.losses[5][1] < tiny_run.losses[0][1]  # starts from the trained weights, not from scratch
     assert second.metrics["earlier_stage"]["n_samples"] == 40
     assert (tmp_path / "tokenizer.json").read_text() == (tiny_run.out_dir / "tokenizer.json").read_text()
+    assert second.metrics["stage_starts"] == [tiny_run.metrics["steps"] + 1]  # marked in loss_curve.png
+    # where the tokenizer was loaded from is not saved (it would make two identical saves differ)
+    assert "is_local" not in json.loads((tmp_path / "tokenizer_config.json").read_text())
 
 
 def test_acceptance_criteria():
