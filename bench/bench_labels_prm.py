@@ -44,26 +44,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def labelling_section(cfg, run_dir: Path, n_mc: int, model, tok) -> dict:
     """Binary search (with and without the first-line probe) vs Monte-Carlo on the same failing responses."""
-    from prmlab.label_stage import run_labeling, run_mc_comparison
+    from prmlab.label_stage import relabel_failing, run_labeling, run_mc_comparison
 
     run_labeling(cfg, run_dir, allow_execution=True, model=model, tokenizer=tok)
-    binary = read_jsonl(run_dir / "labels.jsonl", LineLabels)
     run_mc_comparison(cfg, run_dir, allow_execution=True, max_responses=n_mc, model=model, tokenizer=tok)
-    mc = read_jsonl(run_dir / "labels_mc.jsonl", LineLabels)
+    relabel_failing(cfg, run_dir, dataclasses.replace(cfg.labels, probe_first=False), "labels_plain.jsonl",
+                    allow_execution=True, max_responses=n_mc, model=model, tokenizer=tok)
+    binary, mc, plain = (read_jsonl(run_dir / name, LineLabels)
+                         for name in ("labels.jsonl", "labels_mc.jsonl", "labels_plain.jsonl"))
     ids = {r.response_id for r in mc}
-    # Plain bisection (no first-line probe) on exactly the compared responses.
-    from prmlab.label_driver import label_responses
-    from prmlab.label_stage import _policy_model, make_completer, train_tasks
-    from prmlab.records import Response
-    from prmlab.sandbox import Sandbox
-
-    responses = [r for r in read_jsonl(run_dir / "responses.jsonl", Response) if r.response_id in ids]
-    tasks = {t.task_id: t for t in train_tasks(cfg.tasks)}
-    completers = {p: make_completer(_policy_model(model, p, run_dir), tok, cfg) for p in cfg.labels.policies}
-    plain_cfg = dataclasses.replace(cfg.labels, probe_first=False)
-    with Sandbox(dataclasses.replace(cfg.sandbox, allow_execution=True), cache_dir=run_dir / "exec_cache") as sb:
-        label_responses(responses, tasks, plain_cfg, run_dir / "labels_plain.jsonl", completers, sb.run_many)
-    plain = read_jsonl(run_dir / "labels_plain.jsonl", LineLabels)
     probe = [r for r in binary if r.response_id in ids]
     return {
         "n_responses": len(binary), "categories": label_stats.category_shares(binary),

@@ -6,8 +6,9 @@
                        -> labels_cost.json  cost totals; metrics.jsonl lines per group
 
 Also here: the completer that wraps :func:`prmlab.sampling.complete_prefixes` for the driver, a recording
-:class:`ModelOracle` that notebooks step through by hand, and :func:`run_mc_comparison`, which labels the same
-failing responses with Monte-Carlo labels into ``labels_mc.jsonl`` to measure cost and agreement.
+:class:`ModelOracle` that notebooks step through by hand, :func:`relabel_failing`, which labels the same failing
+responses again with another :class:`LabelConfig` (e.g. plain bisection), and :func:`run_mc_comparison`, its
+Monte-Carlo case (``labels_mc.jsonl``), to measure cost and agreement.
 """
 
 from __future__ import annotations
@@ -127,13 +128,14 @@ def _model(cfg: Config, model, tokenizer):
     return model, tokenizer
 
 
-def run_mc_comparison(cfg: Config, run_dir: str | Path, allow_execution: bool = False, max_responses: int | None = None,
-                      progress: bool = True, model=None, tokenizer=None,
-                      tasks: Sequence[Task] | None = None) -> LabelingResult:
-    """Monte-Carlo labels (K completions at every line) of the failing responses of ``run_dir/labels.jsonl``.
+def relabel_failing(cfg: Config, run_dir: str | Path, label_cfg: LabelConfig, out_name: str,
+                    allow_execution: bool = False, max_responses: int | None = None, progress: bool = True,
+                    model=None, tokenizer=None, tasks: Sequence[Task] | None = None) -> LabelingResult:
+    """Label the failing responses of ``run_dir/labels.jsonl`` again with ``label_cfg`` into ``run_dir/out_name``.
 
-    Writes ``labels_mc.jsonl`` (and ``labels_mc_cost.json``) beside the binary-search labels, resumably, so
-    :mod:`prmlab.label_stats` can compare the two on the same responses. ``max_responses`` caps the cost.
+    The same responses (the first ``max_responses`` failing ones, in ``responses.jsonl`` order) and the same
+    completer as the original labels, resumably, so :mod:`prmlab.label_stats` can compare two labelling methods or
+    search strategies on identical inputs. The cost summary goes beside it (``<out_name stem>_cost.json``).
     """
     from prmlab.records import LineLabels
     from prmlab.sandbox import Sandbox
@@ -146,10 +148,21 @@ def run_mc_comparison(cfg: Config, run_dir: str | Path, allow_execution: bool = 
     tasks = list(tasks) if tasks is not None else train_tasks(cfg.tasks)
     model, tokenizer = _model(cfg, model, tokenizer)
     completers = {p: make_completer(_policy_model(model, p, run_dir), tokenizer, cfg) for p in cfg.labels.policies}
-    mc_cfg = dataclasses.replace(cfg.labels, method="mc")
     with Sandbox(sandbox_cfg, cache_dir=run_dir / "exec_cache") as sandbox:
-        return label_responses(responses, {t.task_id: t for t in tasks}, mc_cfg, run_dir / "labels_mc.jsonl",
+        return label_responses(responses, {t.task_id: t for t in tasks}, label_cfg, run_dir / out_name,
                                completers, sandbox.run_many, progress=progress)
+
+
+def run_mc_comparison(cfg: Config, run_dir: str | Path, allow_execution: bool = False, max_responses: int | None = None,
+                      progress: bool = True, model=None, tokenizer=None,
+                      tasks: Sequence[Task] | None = None) -> LabelingResult:
+    """Monte-Carlo labels (K completions at every line) of the failing responses of ``run_dir/labels.jsonl``.
+
+    Writes ``labels_mc.jsonl`` (and ``labels_mc_cost.json``) beside the binary-search labels, resumably, so
+    :mod:`prmlab.label_stats` can compare the two on the same responses. ``max_responses`` caps the cost.
+    """
+    return relabel_failing(cfg, run_dir, dataclasses.replace(cfg.labels, method="mc"), "labels_mc.jsonl",
+                           allow_execution, max_responses, progress, model, tokenizer, tasks)
 
 
 @dataclass

@@ -6,6 +6,7 @@ completer continues a prefix by drawing from ONE random stream per call (like ba
 so a run is deterministic only if each call's batch is the same: exactly what resumption must preserve.
 """
 
+import dataclasses
 import json
 import os
 import random
@@ -330,3 +331,21 @@ def test_run_labeling_end_to_end_on_a_tiny_random_model(tmp_path):
     again = run_labeling(cfg, tmp_path / "run", allow_execution=True, progress=False, model=model, tokenizer=tok,
                          tasks=tasks)
     assert again.n_new == 0 and len(read_jsonl(tmp_path / "run" / "responses.jsonl", Response)) == 6
+
+    # The same failing responses labelled again with another strategy and with Monte-Carlo, capped at 2 responses.
+    from prmlab.label_stage import relabel_failing, run_mc_comparison
+
+    failing_ids = {x.response_id for x in recs if x.category != "correct"}
+    failing = [r.response_id for r in resps if r.response_id in failing_ids]
+    assert len(failing) >= 2  # a random model fails (nearly) everything
+    plain_cfg = dataclasses.replace(cfg.labels, probe_first=False)
+    relabel_failing(cfg, tmp_path / "run", plain_cfg, "labels_plain.jsonl", allow_execution=True, max_responses=2,
+                    progress=False, model=model, tokenizer=tok, tasks=tasks)
+    run_mc_comparison(cfg, tmp_path / "run", allow_execution=True, max_responses=2, progress=False, model=model,
+                      tokenizer=tok, tasks=tasks)
+    plain = read_jsonl(tmp_path / "run" / "labels_plain.jsonl", LineLabels)
+    mc = read_jsonl(tmp_path / "run" / "labels_mc.jsonl", LineLabels)
+    assert [r.response_id for r in plain] == [r.response_id for r in mc] == failing[:2]
+    assert {r.method for r in mc} <= {"mc-hard"} and (tmp_path / "run" / "labels_plain_cost.json").exists()
+    with pytest.raises(PermissionError, match="allow_execution"):
+        relabel_failing(cfg, tmp_path / "run", plain_cfg, "labels_x.jsonl", model=model, tokenizer=tok, tasks=tasks)
