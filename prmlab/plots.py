@@ -143,6 +143,8 @@ def line_view_figure(scores: LineScores, ax=None, max_chars: int = 60, title: st
 
 def plot_training_curves(history: Sequence[Mapping[str, Any]], ax=None):
     """Train and validation loss per epoch, and validation AUC on a twin axis."""
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = _axes(ax, (5, 3.2))
     epochs = [h["epoch"] for h in history]
     ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
@@ -157,8 +159,6 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], ax=None):
         twin.set_ylabel("AUC")
         twin.set_ylim(0, 1)
         handles = [*handles, *twin.get_lines()]
-    from matplotlib.ticker import MaxNLocator
-
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     # One legend for both axes, below the plot, so it never hides a curve.
     ax.legend(handles, [h.get_label() for h in handles], loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3,

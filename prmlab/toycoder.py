@@ -300,6 +300,6 @@ def _save_model(model, tok, out: Path) -> None:
     # of the tokenizer and would differ between otherwise identical saves.
     cfg_path = out / "tokenizer_config.json"
     tok_cfg = json.loads(cfg_path.read_text())
-    if any(k in tok_cfg for k in ("is_local", "local_files_only")):
-        tok_cfg = {k: v for k, v in tok_cfg.items() if k not in ("is_local", "local_files_only")}
-        cfg_path.write_text(json.dumps(tok_cfg, indent=2, ensure_ascii=False) + "\n")
+    kept = {k: v for k, v in tok_cfg.items() if k not in ("is_local", "local_files_only")}
+    if kept != tok_cfg:
+        cfg_path.write_text(json.dumps(kept, indent=2, ensure_ascii=False) + "\n")

@@ -234,6 +234,10 @@ def _table(result: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+STAGE1_DIR = "/tmp/toy-coder-stage1"
+"""Where the card's regenerating commands put the first stage of a two-stage training (the second's --init-from)."""
+
+
 def _regenerate(train_cfg: dict[str, Any], m: dict[str, Any], command: str) -> str:
     cmd = command or ".venv/bin/python scripts/train_toy_coder.py"
     e = m.get("earlier_stage")
@@ -244,7 +248,7 @@ def _regenerate(train_cfg: dict[str, Any], m: dict[str, Any], command: str) -> s
             f"{e['first_loss']:.3f} -> {e['final_loss']:.3f}, {e['train_s'] / 60:.1f} min; stage 2 from step "
             f"{e['steps']}: {m['n_samples']} samples, data seed {m['data_seed']} (the dashed line in `loss_curve.png`; "
             f"the bump after it is the second stage's learning-rate warm-up on new samples).\n"
-            f"- regenerate: `.venv/bin/python scripts/train_toy_coder.py --out /tmp/toy-coder-stage1 --n-samples "
+            f"- regenerate: `.venv/bin/python scripts/train_toy_coder.py --out {STAGE1_DIR} --n-samples "
             f"{e['n_samples']} --data-seed {e['data_seed']} --seed {e['seed']} --no-eval` then\n  `{cmd}`.")
 
 

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from prmlab.config import SamplingConfig, SandboxConfig, preset  # noqa: E402
 from prmlab.tasks.toy_corpus import ToyCorpusConfig  # noqa: E402
 from prmlab.toycoder import ToyCoderConfig, train_toy_coder  # noqa: E402
-from prmlab.toycoder_eval import evaluate_toy_coder, render_card, save_eval  # noqa: E402
+from prmlab.toycoder_eval import STAGE1_DIR, evaluate_toy_coder, render_card, save_eval  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -43,10 +43,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--card-only", action="store_true", help="rewrite README.md from the saved eval.json")
     p.add_argument("--repeat-eval", action="store_true", help="evaluate twice to check reproducibility")
     return p.parse_args(argv)
-
-
-STAGE1_DIR = "/tmp/toy-coder-stage1"
-"""Where the card's regenerating commands put the first stage of a two-stage training."""
 
 
 def train_command(out: Path, t: dict, init_from: str | None = None) -> str:
