@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from prmlab import label_stats  # noqa: E402
+from prmlab.labels import stats as label_stats  # noqa: E402
 from prmlab.config import preset  # noqa: E402
 from prmlab.records import LineLabels, read_jsonl  # noqa: E402
 
@@ -44,7 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def labelling_section(cfg, run_dir: Path, n_mc: int, model, tok) -> dict:
     """Binary search (with and without the first-line probe) vs Monte-Carlo on the same failing responses."""
-    from prmlab.label_stage import relabel_failing, run_labeling, run_mc_comparison
+    from prmlab.labels.stage import relabel_failing, run_labeling, run_mc_comparison
 
     run_labeling(cfg, run_dir, allow_execution=True, model=model, tokenizer=tok)
     run_mc_comparison(cfg, run_dir, allow_execution=True, max_responses=n_mc, model=model, tokenizer=tok)
@@ -65,9 +65,9 @@ def labelling_section(cfg, run_dir: Path, n_mc: int, model, tok) -> dict:
 
 def prm_section(cfg, run_dir: Path, args, model, tok) -> list[dict]:
     """One row per trained PRM: held-out test metrics and drift metrics (with the length-only baseline)."""
-    from prmlab.prm import load_prm, train_prm
-    from prmlab.prm_data import label_drift_set
-    from prmlab.prm_metrics import evaluate
+    from prmlab.prm.model import load_prm
+    from prmlab.prm.stage import label_drift_set, train_prm
+    from prmlab.prm.metrics import evaluate
 
     labels = read_jsonl(run_dir / "labels.jsonl", LineLabels)
     drift = label_drift_set(cfg, run_dir, args.drift_tasks, args.drift_temperature, allow_execution=True,

@@ -72,14 +72,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _label(cfg: Config, run_dir: Path, allow_execution: bool) -> None:
-    from prmlab.labeling import run_labeling
+    from prmlab.labels.stage import run_labeling
 
     result = run_labeling(cfg, run_dir, allow_execution=allow_execution)
     print(f"[label] {result}")
 
 
 def _train_prm(cfg: Config, run_dir: Path) -> None:
-    from prmlab.prm import run_prm
+    from prmlab.prm.stage import run_prm
 
     result = run_prm(cfg, run_dir)
     print(f"[train-prm] {result}")

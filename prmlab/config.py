@@ -1,7 +1,7 @@
 """Frozen, documented configuration for every stage, and the presets that fill them.
 
 Each stage takes the narrowest config it needs. Every field carries a docstring with a provenance tag (see
-``docs/paper_map.md`` and ``../shared/paper.md``):
+``docs/paper_map.md``):
 
 * **[P]** the paper states it;
 * **[R]** a reviewer or reader of the paper reports it;

@@ -7,7 +7,7 @@ give different tokens at the line breaks than the model sees).
 
 Pure Python: nothing here needs torch; :func:`token_positions_for_lines` only calls the tokenizer.
 
-Conventions (shared with :mod:`prmlab.label_driver` and :mod:`prmlab.sampling`):
+Conventions (shared with :mod:`prmlab.labels.driver` and :mod:`prmlab.sampling`):
 
 * Line terminators are ``\\r\\n``, ``\\n`` and a lone ``\\r`` (Python's universal newlines). Other characters that
   ``str.splitlines`` treats as breaks (form feed, ``\\x1c``, ``\\u2028``, ...) are *not* line breaks in Python

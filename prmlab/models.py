@@ -29,9 +29,14 @@ import torch
 from torch import nn
 
 from prmlab.config import ModelConfig
+from prmlab.offline import OFFLINE_PRESETS, hub_reachable
+
+# bitsandbytes (imported by peft) warns on import, on CPUs with avx512_bf16, that an optional 4-bit kernel could not
+# be fetched from the hub with the `kernels` package; prmlab never installs it (it downloads at run time) and
+# bitsandbytes falls back to its built-in CPU kernel, so the warning is noise on every preset.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 ROLES: tuple[str, ...] = ("policy", "prm", "critic")
-OFFLINE_PRESETS = "the presets that work without network are 'tiny' (toy-coder) and 'cpu-real' (smollm2-135m-instruct)"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,25 +109,6 @@ def _hub_error(name: str, err: Exception) -> ModelNotAvailable:
         f"hub is unreachable or the id is wrong: {OFFLINE_PRESETS}.")
 
 
-def hub_reachable(timeout_s: float = 3.0) -> bool:
-    """Whether the Hugging Face hub (``HF_ENDPOINT``) accepts a TCP connection; False when HF_HUB_OFFLINE is set.
-
-    Checked before loading a hub id so that a machine without network fails in seconds with a clear message
-    instead of waiting through the hub client's retries.
-    """
-    import socket
-    from urllib.parse import urlparse
-
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    try:
-        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
-
-
 def _pretrained_kwargs(path: str) -> dict:
     """Extra ``from_pretrained`` arguments for ``path``; fails at once for an uncached hub id when offline.
 
@@ -178,9 +164,6 @@ def load_base_model(cfg: ModelConfig):
     kwargs = dict(dtype=getattr(torch, cfg.dtype), **_pretrained_kwargs(path))
     qcfg = quantization_config(cfg)
     if qcfg is not None:
-        # bitsandbytes logs at every 4-bit load that an optional hub-fetched kernel package is absent; it is not
-        # needed (and must not be installed here), so keep that note out of users' output.
-        logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
         kwargs.update(quantization_config=qcfg, device_map="cpu" if cfg.device == "cpu" else "auto")
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)

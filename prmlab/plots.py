@@ -23,6 +23,17 @@ from prmlab.records import LineScores
 RED = (0.84, 0.19, 0.15)
 WHITE = (1.0, 1.0, 1.0)
 GREEN = (0.10, 0.60, 0.31)
+AMBER = (0.88, 0.63, 0.19)
+GREY = (0.69, 0.69, 0.69)
+
+
+def _hex(rgb: tuple[float, float, float]) -> str:
+    return "#" + "".join(f"{round(255 * c):02x}" for c in rgb)
+
+
+COLORS: dict[str | float, str] = {"correct": _hex(GREEN), "revised": _hex(AMBER), "wrong": _hex(RED),
+                                  1.0: _hex(GREEN), 0.0: _hex(GREY), -1.0: _hex(RED)}
+"""The one palette: response categories and line labels (+1 green, 0 grey, -1 red), the ends of the score scale."""
 
 
 def score_rgb(score: float, low: float = -1.0, high: float = 1.0) -> tuple[float, float, float]:
@@ -107,7 +118,8 @@ def token_view_html(pieces: Sequence[str], positions: Sequence[int], labels: Seq
     return f'<div class="prmlab-tokens" style="{mono}">' + "".join(out) + "</div>"
 
 
-def _axes(ax, figsize):
+def axes(ax, figsize):
+    """``(figure, axes)``: the given axes and its figure, or a new figure of ``figsize``."""
     import matplotlib.pyplot as plt
 
     if ax is not None:
@@ -121,7 +133,7 @@ def line_view_figure(scores: LineScores, ax=None, max_chars: int = 60, title: st
     from matplotlib.patches import Rectangle
 
     n = len(scores.lines)
-    fig, ax = _axes(ax, (8, 0.32 * n + 0.8))
+    fig, ax = axes(ax, (8, 0.32 * n + 0.8))
     labels = scores.labels if scores.labels is not None else [None] * n
     for i, (line, s, y) in enumerate(zip(scores.lines, scores.scores, labels)):
         top = n - 1 - i
@@ -145,7 +157,7 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], ax=None):
     """Train and validation loss per epoch, and validation AUC on a twin axis."""
     from matplotlib.ticker import MaxNLocator
 
-    fig, ax = _axes(ax, (5, 3.2))
+    fig, ax = axes(ax, (5, 3.2))
     epochs = [h["epoch"] for h in history]
     ax.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
     ax.plot(epochs, [h["val_loss"] for h in history], "s-", label="validation loss")
@@ -167,8 +179,8 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], ax=None):
 
 
 def plot_roc(curves: Mapping[str, tuple[Sequence[float], Sequence[float], float]], ax=None):
-    """ROC curves, ``{name: (fpr, tpr, auc)}`` (see :func:`prmlab.prm_metrics.roc_curve`), with the diagonal."""
-    fig, ax = _axes(ax, (3.8, 3.6))
+    """ROC curves, ``{name: (fpr, tpr, auc)}`` (see :func:`prmlab.prm.metrics.roc_curve`), with the diagonal."""
+    fig, ax = axes(ax, (3.8, 3.6))
     for name, (fpr, tpr, auc) in curves.items():
         ax.plot(fpr, tpr, label=f"{name} (AUC {auc:.2f})")
     ax.plot([0, 1], [0, 1], ":", color="#999")
@@ -179,8 +191,8 @@ def plot_roc(curves: Mapping[str, tuple[Sequence[float], Sequence[float], float]
 
 
 def plot_calibration(curve: Sequence[Mapping[str, float]], ax=None):
-    """Mean label against mean score per bin (:func:`prmlab.prm_metrics.calibration_curve`); marker size ~ count."""
-    fig, ax = _axes(ax, (3.8, 3.6))
+    """Mean label against mean score per bin (:func:`prmlab.prm.metrics.calibration_curve`); marker size ~ count."""
+    fig, ax = axes(ax, (3.8, 3.6))
     xs = [b["mean_score"] for b in curve]
     ys = [b["mean_label"] for b in curve]
     total = sum(b["count"] for b in curve) or 1
@@ -198,7 +210,7 @@ def plot_calibration(curve: Sequence[Mapping[str, float]], ax=None):
 def plot_selection_comparison(metrics: Mapping[str, Mapping[str, float]], keys: Sequence[str] = ("auc", "accuracy"),
                               baseline_key: str | None = "baseline_auc", ax=None):
     """Grouped bars of test metrics per data selection (``{selection: metrics}``); the baseline as a dashed line."""
-    fig, ax = _axes(ax, (6, 3.2))
+    fig, ax = axes(ax, (6, 3.2))
     names = list(metrics)
     width = 0.8 / max(len(keys), 1)
     for j, key in enumerate(keys):

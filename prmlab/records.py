@@ -167,12 +167,6 @@ class LineScores:
         _require(self.labels is None or len(self.labels) == len(self.lines),
                  f"{len(self.lines)} lines but {len(self.labels or ())} labels")
 
-    def _repr_html_(self) -> str:
-        """Jupyter's rich display: the program listing with each line coloured by its score, next to its label."""
-        from prmlab.plots import line_view_html
-
-        return line_view_html(self)
-
 
 R = TypeVar("R")
 

@@ -20,7 +20,7 @@ def _load_json(path: Path) -> dict[str, Any] | None:
 
 def report_rows(labels: list[LineLabels], cost: dict | None, prm: dict | None) -> list[tuple[str, str]]:
     """(quantity, value) rows of the summary table; stages that did not run are left out."""
-    from prmlab.label_stats import category_shares
+    from prmlab.labels.stats import category_shares
 
     rows: list[tuple[str, str]] = []
     if labels:
@@ -56,7 +56,8 @@ def write_report(run_dir: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from prmlab import label_stats, plots
+    from prmlab import plots
+    from prmlab.labels import stats as label_stats
 
     run_dir = Path(run_dir)
     figures = run_dir / "figures"

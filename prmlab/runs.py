@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -110,6 +111,18 @@ def log_metrics(path: str | os.PathLike, **metrics: Any) -> None:
     file.parent.mkdir(parents=True, exist_ok=True)
     with open(file, "a", encoding="utf-8") as f:
         f.write(json.dumps(metrics, default=float) + "\n")
+
+
+def derive_seed(*parts: Any) -> int:
+    """The one seed derivation of prmlab: a 31-bit seed from any reprs (the config seed, a response id, a line...).
+
+        seed = int(sha256(repr(p_1) + "\\x1f" + ... + repr(p_n))[:4 bytes]) & (2^31 - 1)
+
+    Stable across runs, processes and machines (unlike ``hash``), so a record's randomness depends only on its own
+    key, never on which other records share its batch.
+    """
+    digest = hashlib.sha256("\x1f".join(repr(p) for p in parts).encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
 def seed_everything(seed: int) -> None:

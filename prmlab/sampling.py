@@ -9,12 +9,14 @@ Two prompt *tracks* (``ModelConfig.track``):
   as on the completion track and the program ends at the closing fence. Pre-filling keeps the steps the same on
   both tracks (the lines of the body; ``program = task.prompt + completion``) and stops the model from rewriting the
   signature or the docstring. SmolLM2-135M-Instruct writes no code for a bare prompt but answers a chat request
-  with a code block (docs: /work/shared/environment.md).
+  with a code block (measured in docs/implementation_details.md).
 
-Everything is deterministic on CPU for the same seed: rows are put in a fixed order, and each batch seeds torch's
-generator from the seed and the batch's prompts before ``generate``. Sampling is explicit: ``temperature``, ``top_p``,
-``top_k = 0`` and ``repetition_penalty = 1`` override whatever the model's ``generation_config`` prefers; a
-temperature of 0 means greedy decoding. Prompts are tokenised without special tokens (no BOS), the same way
+Every row has its own seed and its own random generator (:class:`RowSampler`), so a row's sample depends on its
+seed, its prompt and the model only, never on the batch it shares or the batch size: a response sampled alone
+equals the same response sampled among others, a resumed run samples what an uninterrupted run would, and the
+labelling oracle stepped by hand draws the completions the batched driver draws. Sampling is explicit: temperature
+and top-p (``top_k = 0``, ``repetition_penalty = 1``) override whatever the model's ``generation_config`` prefers;
+a temperature of 0 means greedy decoding. Prompts are tokenised without special tokens (no BOS), the same way
 :func:`prmlab.lines.token_positions_for_lines` tokenises ``prompt + completion``.
 
 Token healing (``SamplingConfig.token_healing``, on by default): every prompt here ends with a line break, and
@@ -28,7 +30,6 @@ token extending ``"\\n"`` is ``"\\n"``.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -37,6 +38,7 @@ import torch
 from prmlab.config import SamplingConfig
 from prmlab.lines import is_blank, line_spans
 from prmlab.records import Response, Task
+from prmlab.runs import derive_seed
 
 TRACKS: tuple[str, ...] = ("completion", "chat")
 FENCE = "```"
@@ -94,14 +96,6 @@ def extract_completion(text: str, track: str, stop_at_dedent: bool | None = None
                 text = text[:s]
                 break
     return _strip_trailing_blank_lines(text)
-
-
-def batch_seed(seed: int, prompts: Sequence[str]) -> int:
-    """A 31-bit seed from the run's seed and a batch's prompts: same batch, same samples, on any machine."""
-    h = hashlib.sha256(repr(int(seed)).encode())
-    for p in prompts:
-        h.update(b"\x1f" + p.encode("utf-8", "surrogatepass"))
-    return int.from_bytes(h.digest()[:4], "big") & 0x7FFFFFFF
 
 
 @dataclass(frozen=True)
@@ -192,6 +186,24 @@ class FirstTokenMask:
         return scores.masked_fill(~keep, float("-inf"))
 
 
+class RowSampler:
+    """Logits processor that samples row b from its own generator (the Gumbel-max trick), for seeded rows.
+
+        y_b = argmax_v ( s_{b,v} + g_{b,v} ),   g_{b,v} = -log(-log u_{b,v}),  u_{b,v} ~ U(0, 1) from generator b
+
+    is a sample of softmax(s_b) (Gumbel 1954). It runs last, after temperature and top-p (``s`` is -inf outside the
+    nucleus), and ``generate`` then decodes greedily, so the draw of row b uses generator b alone.
+    """
+
+    def __init__(self, seeds: Sequence[int]):
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:  # (B, T), (B, V)
+        u = torch.stack([torch.rand(scores.shape[1], generator=g) for g in self.generators])  # (B, V) u ~ U(0, 1)
+        g = -torch.log(-torch.log(u.clamp(1e-20, 1.0 - 1e-7)))  # (B, V) Gumbel(0, 1) noise
+        return scores + g.to(device=scores.device, dtype=scores.dtype)  # argmax = a sample of softmax(s)
+
+
 def _left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """``input_ids`` and ``attention_mask`` with every row right-aligned (left padding).  # (B, T), (B, T)"""
     T = max(len(r) for r in rows)
@@ -213,14 +225,18 @@ def _decode_new(tokenizer, prompt_ids: list[int], new_ids: list[int]) -> str:
     return full[len(head):] if full.startswith(head) else tokenizer.decode(new_ids, **kw)
 
 
-def _sampling_kwargs(temperature: float, top_p: float, max_new_tokens: int, stop: list[int], pad_id: int) -> dict:
-    """``generate`` arguments: explicit sampling knobs (greedy at temperature 0), nothing left to the model's own
-    generation config."""
-    kw = {"max_new_tokens": max_new_tokens, "eos_token_id": stop, "pad_token_id": pad_id,
-          "repetition_penalty": 1.0, "num_beams": 1}
-    if temperature == 0:
-        return {**kw, "do_sample": False}
-    return {**kw, "do_sample": True, "temperature": float(temperature), "top_p": float(top_p), "top_k": 0}
+def _processors(rows: list[tuple[list[int], str, list[int]]], seeds: Sequence[int], prompt_len: int,
+                temperature: float, top_p: float):
+    """Healing mask, then (unless greedy) temperature, top-p and the per-row sampler."""
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+    procs = [FirstTokenMask([r[2] for r in rows], prompt_len)]
+    if temperature > 0:
+        procs.append(TemperatureLogitsWarper(float(temperature)))  # s / temperature
+        if top_p < 1.0:
+            procs.append(TopPLogitsWarper(float(top_p)))  # -inf outside the top-p nucleus
+        procs.append(RowSampler(seeds))
+    return LogitsProcessorList(procs)
 
 
 def _encode(tokenizer, prompts: Sequence[str], token_healing: bool) -> list[tuple[list[int], str, list[int]]]:
@@ -247,19 +263,20 @@ def _finish(tokenizer, row: tuple[list[int], str, list[int]], new: list[int], st
 
 
 def generate(model, tokenizer, prompts: Sequence[str], *, temperature: float, top_p: float, max_new_tokens: int,
-             seed: int, batch_size: int = 32, token_healing: bool = True, progress: bool = False,
+             seeds: Sequence[int], batch_size: int = 32, token_healing: bool = True, progress: bool = False,
              desc: str = "generating") -> list[Generation]:
-    """One continuation per prompt (repeat a prompt for several), in the order given.
+    """One continuation per prompt (repeat a prompt for several), in the order given; row i drawn from ``seeds[i]``.
 
-    Rows are generated in batches of similar length (stable sort by prompt length), left-padded, with
-    ``torch.manual_seed(batch_seed(seed, batch prompts))`` before each ``generate``; with ``token_healing`` the
-    last prompt token is re-generated (:func:`heal_prompt`), and a batch with a healed row gets one more token so
-    that ``max_new_tokens`` still bounds the new text. The model is put in eval mode under
+    Rows are generated in batches of similar length (stable sort by prompt length), left-padded; each row samples
+    from its own generator (:class:`RowSampler`), so its result does not depend on its batch. With
+    ``token_healing`` the last prompt token is re-generated (:func:`heal_prompt`), and a batch with a healed row gets
+    one more token so that ``max_new_tokens`` still bounds the new text. The model is put in eval mode under
     ``torch.no_grad()`` and its training flag restored afterwards; inputs go to ``model.device``.
     """
     from tqdm.auto import tqdm
-    from transformers import LogitsProcessorList
 
+    if len(seeds) != len(prompts):
+        raise ValueError(f"one seed per prompt: got {len(seeds)} seeds for {len(prompts)} prompts")
     if not prompts:
         return []
     stop = stop_token_ids(tokenizer, model)
@@ -267,19 +284,18 @@ def generate(model, tokenizer, prompts: Sequence[str], *, temperature: float, to
     rows = _encode(tokenizer, prompts, token_healing)
     order = sorted(range(len(prompts)), key=lambda i: len(rows[i][0]))
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    kwargs = _sampling_kwargs(temperature, top_p, max_new_tokens, stop, pad_id)
     out: list[Generation | None] = [None] * len(prompts)
     was_training = model.training
     model.eval()
     try:
         for batch in tqdm(batches, desc=desc, disable=not progress):
             ids, mask = _left_pad([rows[i][0] for i in batch], pad_id, model.device)  # (B, T)
-            heal = LogitsProcessorList([FirstTokenMask([rows[i][2] for i in batch], ids.shape[1])])
+            procs = _processors([rows[i] for i in batch], [seeds[i] for i in batch], ids.shape[1], temperature, top_p)
             extra = int(any(rows[i][1] for i in batch))  # a healed token re-creates prompt text: not in the budget
-            torch.manual_seed(batch_seed(seed, [prompts[i] for i in batch]))
             with torch.no_grad():
-                seqs = model.generate(input_ids=ids, attention_mask=mask, logits_processor=heal,
-                                      **(kwargs | {"max_new_tokens": max_new_tokens + extra}))  # (B, T')
+                seqs = model.generate(input_ids=ids, attention_mask=mask, logits_processor=procs, do_sample=False,
+                                      num_beams=1, max_new_tokens=max_new_tokens + extra, eos_token_id=stop,
+                                      pad_token_id=pad_id, repetition_penalty=1.0)  # (B, T')
             for b, i in enumerate(batch):
                 out[i] = _finish(tokenizer, rows[i], seqs[b, ids.shape[1]:].tolist(), stop, max_new_tokens)
     finally:
@@ -299,8 +315,9 @@ def sample_responses(model, tokenizer, tasks: Sequence[Task], cfg: SamplingConfi
     _check_track(track)
     rows = [(task, i) for task in tasks for i in range(cfg.n_samples)]
     prompts = [format_prompt(task, tokenizer, track) for task, _ in rows]
+    seeds = [derive_seed(cfg.seed, task.task_id, i) for task, i in rows]  # response i of a task: its own stream
     gens = generate(model, tokenizer, prompts, temperature=cfg.temperature, top_p=cfg.top_p,
-                    max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, batch_size=cfg.batch_size,
+                    max_new_tokens=cfg.max_new_tokens, seeds=seeds, batch_size=cfg.batch_size,
                     token_healing=cfg.token_healing, progress=progress, desc=f"sampling {policy}")
     responses = []
     for (task, i), g in zip(rows, gens):
@@ -313,21 +330,25 @@ def sample_responses(model, tokenizer, tasks: Sequence[Task], cfg: SamplingConfi
 
 
 def complete_prefixes(model, tokenizer, requests: Sequence[tuple[Task, str]], k: int, temperature: float,
-                      top_p: float, max_new_tokens: int, seed: int, track: str, batch_size: int = 32,
+                      top_p: float, max_new_tokens: int, seeds: Sequence[int], track: str, batch_size: int = 32,
                       progress: bool = False, token_healing: bool = True) -> list[list[str]]:
     """For each ``(task, prefix)``, k sampled *whole* completions: ``extract_completion(prefix + continuation)``.
 
     ``prefix`` is the first m lines of a response, each with its line break; the model continues
     ``format_prompt(task) + prefix``, so ``task.prompt + result`` is a runnable program that starts with the
     prefix (except that trailing blank lines of the prefix are dropped when nothing follows them). All requests'
-    k rows are generated together in batches of ``batch_size``; the same arguments give the same completions.
+    k rows are generated together in batches of ``batch_size``; completion i of request j is drawn from
+    ``derive_seed(seeds[j], i)`` alone, so the same request and seed give the same completions in any batch.
     """
     _check_track(track)
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")
+    if len(seeds) != len(requests):
+        raise ValueError(f"one seed per request: got {len(seeds)} seeds for {len(requests)} requests")
     prompts = [format_prompt(task, tokenizer, track) + prefix for task, prefix in requests for _ in range(k)]
+    row_seeds = [derive_seed(s, i) for s in seeds for i in range(k)]
     gens = generate(model, tokenizer, prompts, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                    seed=seed, batch_size=batch_size, token_healing=token_healing, progress=progress,
+                    seeds=row_seeds, batch_size=batch_size, token_healing=token_healing, progress=progress,
                     desc="completing prefixes")
     out: list[list[str]] = []
     for r, (_, prefix) in enumerate(requests):

@@ -20,8 +20,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from prmlab.config import SamplingConfig, SandboxConfig, preset  # noqa: E402
 from prmlab.tasks.toy_corpus import ToyCorpusConfig  # noqa: E402
-from prmlab.toycoder import ToyCoderConfig, train_toy_coder  # noqa: E402
-from prmlab.toycoder_eval import STAGE1_DIR, evaluate_toy_coder, render_card, save_eval  # noqa: E402
+from prmlab.toycoder.train import ToyCoderConfig, train_toy_coder  # noqa: E402
+from prmlab.toycoder.evaluate import evaluate_toy_coder, render_card, save_eval  # noqa: E402
+
+STAGE1_DIR = "/tmp/toy-coder-stage1"
+"""Where the card's regenerating commands put the first stage of a two-stage training (the second's --init-from)."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -65,7 +68,7 @@ def write_card(out: Path, ev: dict) -> None:
     if "repeat_identical" in ev:
         repeat = {"pass_at_1_by_length": ev["pass_at_1_by_length"] if ev["repeat_identical"] else {}}
     command = train_command(out, train_cfg, STAGE1_DIR)
-    (out / "README.md").write_text(render_card(train_cfg, train_metrics, ev, repeat, command))
+    (out / "README.md").write_text(render_card(train_cfg, train_metrics, ev, repeat, command, STAGE1_DIR))
 
 
 def main(argv=None) -> None:

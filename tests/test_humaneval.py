@@ -75,7 +75,7 @@ def test_all_canonical_solutions_pass_and_wrong_ones_fail():
 
 # ------------------------------------------------------------------------------------------------------- hub
 def test_hub_offline_failure_is_one_clear_sentence(monkeypatch):
-    monkeypatch.setattr(hub, "_hub_reachable", lambda: False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda: False)
     with pytest.raises(hub.HubUnavailable) as e:
         hub.load_hub_tasks("mbpp")
     msg = str(e.value)
@@ -88,9 +88,9 @@ def test_hub_load_error_is_wrapped(monkeypatch):
     def unreachable(*args, **kwargs):
         raise ConnectionError("Couldn't reach 'openai_humaneval' on the Hub")
 
-    monkeypatch.setattr(hub, "_hub_reachable", lambda: True)
+    monkeypatch.setattr(hub, "hub_reachable", lambda: True)
     monkeypatch.setattr(datasets, "load_dataset", unreachable)
-    with pytest.raises(hub.HubUnavailable, match="ConnectionError.*'cpu-real'"):
+    with pytest.raises(hub.HubUnavailable, match="ConnectionError.*cpu-real"):
         hub.load_hub_tasks("humaneval")
     with pytest.raises(ValueError, match="name must be one of"):
         hub.load_hub_tasks("apps")
@@ -124,7 +124,7 @@ def test_mbpp_rows_become_tasks_that_run(monkeypatch):
     import datasets
 
     load, calls = fake_load_dataset(MBPP_ROWS)
-    monkeypatch.setattr(hub, "_hub_reachable", lambda: True)
+    monkeypatch.setattr(hub, "hub_reachable", lambda: True)
     monkeypatch.setattr(datasets, "load_dataset", load)
     tasks = hub.load_hub_tasks("mbpp", split="train", limit=2)
     assert calls == [(("google-research-datasets/mbpp", "full"), "train")]
@@ -142,7 +142,7 @@ def test_hub_humaneval_rows(monkeypatch):
 
     row = {"task_id": "HumanEval/999", "prompt": "def inc(x):\n", "canonical_solution": "    return x + 1\n",
            "entry_point": "inc", "test": CHECK}
-    monkeypatch.setattr(hub, "_hub_reachable", lambda: True)
+    monkeypatch.setattr(hub, "hub_reachable", lambda: True)
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset([row])[0])
     (task,) = hub.load_hub_tasks("humaneval")
     assert task.split == "eval" and task.meta == {"hub_split": "test"} and len(task.tests) == 2
@@ -171,7 +171,7 @@ LCB_ROWS = [
 def test_livecodebench_rows_become_tasks_that_run(monkeypatch):
     import datasets
 
-    monkeypatch.setattr(hub, "_hub_reachable", lambda: True)
+    monkeypatch.setattr(hub, "hub_reachable", lambda: True)
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset(LCB_ROWS)[0])
     functional, stdin = hub.load_hub_tasks("livecodebench")
     assert functional.entry_point == "add" and len(functional.tests) == 2 and "io" not in functional.meta

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from prmlab.config import LabelConfig
-from prmlab.label_driver import label_responses, prefix_text, summarize
-from prmlab.labeling import first_negative, max_checks
+from prmlab.labels.driver import label_responses, prefix_text, summarize
+from prmlab.labels.search import first_negative, max_checks
 from prmlab.records import ExecutionResult, LineLabels, Response, Task, read_jsonl
 
 HERE = Path(__file__).resolve().parent
@@ -62,19 +62,21 @@ class FakeRunMany:
 
 
 class FakeComplete:
-    """Continues a prefix: with probability ``q`` correctly to the end, else with a ``bad`` line (one RNG per call)."""
+    """Continues a prefix: with probability ``q`` correctly to the end, else with a ``bad`` line (one RNG per request,
+    from its own seed, like the real completer)."""
 
     def __init__(self, q=0.5, delay_s=0.0):
         self.q, self.delay_s = q, delay_s
         self.calls = []
 
-    def __call__(self, requests, k, seed):
+    def __call__(self, requests, k, seeds):
         self.calls.append((len(requests), k))
         if self.delay_s:
             time.sleep(self.delay_s)
-        rng = random.Random(seed)
+        assert len(seeds) == len(requests)
         out = []
-        for task, prefix in requests:
+        for (task, prefix), seed in zip(requests, seeds):
+            rng = random.Random(seed)
             done = len(body_lines(task.prompt + prefix, task))
             row = []
             for _ in range(k):
@@ -282,8 +284,8 @@ def test_summarize_counts_categories_and_means():
 
 
 def test_model_oracle_steps_through_one_search_and_logs_each_check():
-    from prmlab.label_stage import ModelOracle
-    from prmlab.labeling import binary_search_last_recoverable
+    from prmlab.labels.stage import ModelOracle
+    from prmlab.labels.search import binary_search_last_recoverable
 
     task = fake_task(0, 6)
     completion = "ok\n# think\nok\nok\nbad\nok\nok\n"
@@ -299,9 +301,35 @@ def test_model_oracle_steps_through_one_search_and_logs_each_check():
         assert all(c.startswith(entry["prefix"]) for c, _ in entry["tried"])
 
 
+def test_model_oracle_gives_the_drivers_labels(tmp_path):
+    """Notebook 01's step-by-step search and the batched driver share one oracle round and one check seed."""
+    from prmlab.labels.search import BinarySearch, labels_from_boundary
+    from prmlab.labels.stage import ModelOracle
+
+    responses, tasks = fake_responses(12, seed=3)
+    cfg = LabelConfig(k=4, chunk=2, group_size=5, probe_first=True)
+    complete, run_many = FakeComplete(q=0.4), FakeRunMany()
+    label_responses(responses, tasks, cfg, tmp_path / "labels.jsonl", complete, run_many, progress=False)
+    by_id = {r.response_id: r for r in read_jsonl(tmp_path / "labels.jsonl", LineLabels)}
+    n_failing = 0
+    for resp in responses:
+        rec = by_id[resp.response_id]
+        if rec.category == "correct":
+            continue
+        n_failing += 1
+        oracle = ModelOracle(resp, tasks[resp.task_id], complete, run_many, cfg)
+        search = BinarySearch(oracle.T, probe_first=True)
+        while not search.done:
+            search.update(oracle(search.query()))
+        m_lines = oracle.steps[search.result - 1] if search.result else 0
+        assert labels_from_boundary(oracle.lines, m_lines, cfg.neutral_comments, oracle.neutral) == list(rec.labels)
+        assert len(oracle.log) == rec.oracle_calls
+    assert n_failing >= 5
+
+
 def test_stage_refuses_to_execute_without_permission(tmp_path):
     from prmlab.config import preset
-    from prmlab.labeling import run_labeling  # the name the CLI imports
+    from prmlab.labels.stage import run_labeling  # the name the CLI imports
 
     with pytest.raises(PermissionError, match="allow_execution"):
         run_labeling(preset("tiny"), tmp_path / "run", allow_execution=False)
@@ -313,14 +341,15 @@ def test_run_labeling_end_to_end_on_a_tiny_random_model(tmp_path):
     """The whole stage (sample -> execute -> label) with a random tiny Llama, real sandbox, resumable."""
     pytest.importorskip("prmlab.sampling")
     from prmlab.config import preset
-    from prmlab.label_stage import run_labeling, train_tasks
+    from prmlab.labels.stage import run_labeling
+    from prmlab.tasks import load_tasks
     from prmlab.testing import tiny_test_model
 
     model, tok = tiny_test_model()
     cfg = preset("tiny").replace(tasks={"n_train": 3, "max_lines": 3},
                                  sampling={"n_samples": 2, "max_new_tokens": 12, "batch_size": 8},
                                  labels={"k": 2, "chunk": 1, "max_new_tokens": 12, "group_size": 4})
-    tasks = train_tasks(cfg.tasks)
+    tasks = load_tasks(cfg.tasks, "train")
     res = run_labeling(cfg, tmp_path / "run", allow_execution=True, progress=False, model=model, tokenizer=tok,
                        tasks=tasks)
     recs = read_jsonl(tmp_path / "run" / "labels.jsonl", LineLabels)
@@ -333,7 +362,7 @@ def test_run_labeling_end_to_end_on_a_tiny_random_model(tmp_path):
     assert again.n_new == 0 and len(read_jsonl(tmp_path / "run" / "responses.jsonl", Response)) == 6
 
     # The same failing responses labelled again with another strategy and with Monte-Carlo, capped at 2 responses.
-    from prmlab.label_stage import relabel_failing, run_mc_comparison
+    from prmlab.labels.stage import relabel_failing, run_mc_comparison
 
     failing_ids = {x.response_id for x in recs if x.category != "correct"}
     failing = [r.response_id for r in resps if r.response_id in failing_ids]

@@ -6,8 +6,9 @@ import random
 
 import pytest
 
-from prmlab.labeling import (BestOfK, BinarySearch, best_of_k, binary_search_last_recoverable, category_of,
-                             derive_seed, exhaustive_last_recoverable, first_negative, is_monotone,
+from prmlab.runs import derive_seed
+from prmlab.labels.search import (BestOfK, BinarySearch, best_of_k, binary_search_last_recoverable, category_of,
+                                  exhaustive_last_recoverable, first_negative, is_monotone,
                              labels_from_boundary, max_checks, monte_carlo_labels, progress_labels, step_positions)
 
 
@@ -192,7 +193,7 @@ def _rec(rid, labels, category, **kw):
 
 
 def test_category_shares_and_first_negative_positions():
-    from prmlab.label_stats import categories_by_length, category_shares, first_negative_relative
+    from prmlab.labels.stats import categories_by_length, category_shares, first_negative_relative
 
     recs = [_rec("a", [1, 1], "correct"), _rec("b", [1, -1], "revised"), _rec("c", [-1, -1, -1, -1], "wrong"),
             _rec("d", [1, 0, 1, -1], "revised")]
@@ -202,7 +203,7 @@ def test_category_shares_and_first_negative_positions():
 
 
 def test_agreement_and_cost_comparison_hand_computed():
-    from prmlab.label_stats import agreement, cost_comparison
+    from prmlab.labels.stats import agreement, cost_comparison
 
     binary = [_rec("a", [1, -1, -1], "revised", completions_generated=8), _rec("b", [1, 1, -1], "revised",
               completions_generated=4), _rec("c", [1, 1], "correct")]
@@ -222,7 +223,7 @@ def test_every_picture_draws(tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from prmlab import label_stats as ls
+    from prmlab.labels import stats as ls
 
     recs = [_rec("a", [1, 0, -1], "revised", last_recoverable=1, meta={"trace": [[2, False], [1, True]]}),
             _rec("b", [1, 1], "correct"), _rec("c", [-1, -1], "wrong")]

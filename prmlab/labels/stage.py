@@ -19,37 +19,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prmlab.config import Config, LabelConfig, TaskConfig
-from prmlab.label_driver import (Complete, LabelingResult, RunMany, _judge, default_program, label_responses,
-                                 prefix_text, response_lines)
-from prmlab.labeling import BestOfK, derive_seed, step_positions
+from prmlab.config import Config, LabelConfig
+from prmlab.labels.driver import (Complete, LabelingResult, RunMany, LabelItem, check_seed, default_program,
+                                  label_responses, prefix_text, response_lines, run_oracles)
+from prmlab.labels.search import BestOfK
 from prmlab.records import Response, Task, read_jsonl, repair_tail, write_jsonl
 from prmlab.runs import init_run_dir
-
-
-def train_tasks(cfg: TaskConfig) -> list[Task]:
-    """The training tasks (the prompts that get sampled and labelled) of a task config."""
-    if cfg.source == "toy":
-        from prmlab.tasks.toy import toy_tasks_from_config
-
-        return toy_tasks_from_config(cfg)[0]
-    if cfg.source == "humaneval":
-        from prmlab.tasks.humaneval import load_humaneval
-
-        return load_humaneval("train", eval_fraction=cfg.eval_fraction, seed=cfg.seed)[:cfg.n_train]
-    from prmlab.tasks.hub import load_hub_tasks
-
-    return load_hub_tasks(cfg.source, "train", limit=cfg.n_train)
+from prmlab.tasks import load_tasks
 
 
 def make_completer(model, tokenizer, cfg: Config) -> Complete:
     """``complete(requests, k, seed)`` for the driver: the policy's own completions of code prefixes."""
     from prmlab.sampling import complete_prefixes
 
-    def complete(requests: list[tuple[Task, str]], k: int, seed: int) -> list[list[str]]:
+    def complete(requests: list[tuple[Task, str]], k: int, seeds: list[int]) -> list[list[str]]:
         return complete_prefixes(model, tokenizer, requests, k, temperature=cfg.labels.completion_temperature,
-                                 top_p=cfg.sampling.top_p, max_new_tokens=cfg.labels.max_new_tokens, seed=seed,
-                                 track=cfg.model.track, batch_size=cfg.sampling.batch_size, progress=False)
+                                 top_p=cfg.sampling.top_p, max_new_tokens=cfg.labels.max_new_tokens, seeds=seeds,
+                                 track=cfg.model.track, batch_size=cfg.sampling.batch_size, progress=False,
+                                 token_healing=cfg.sampling.token_healing)
 
     return complete
 
@@ -106,7 +93,7 @@ def run_labeling(cfg: Config, run_dir: str | Path, allow_execution: bool = False
 
     sandbox_cfg = _execution_guard(cfg, allow_execution)
     run_dir = init_run_dir(run_dir, cfg, cfg.seed)
-    tasks = list(tasks) if tasks is not None else train_tasks(cfg.tasks)
+    tasks = list(tasks) if tasks is not None else load_tasks(cfg.tasks, "train")
     model, tokenizer = _model(cfg, model, tokenizer)
     responses, completers = [], {}
     for policy in cfg.labels.policies:
@@ -134,7 +121,7 @@ def relabel_failing(cfg: Config, run_dir: str | Path, label_cfg: LabelConfig, ou
     """Label the failing responses of ``run_dir/labels.jsonl`` again with ``label_cfg`` into ``run_dir/out_name``.
 
     The same responses (the first ``max_responses`` failing ones, in ``responses.jsonl`` order) and the same
-    completer as the original labels, resumably, so :mod:`prmlab.label_stats` can compare two labelling methods or
+    completer as the original labels, resumably, so :mod:`prmlab.labels.stats` can compare two labelling methods or
     search strategies on identical inputs. The cost summary goes beside it (``<out_name stem>_cost.json``).
     """
     from prmlab.records import LineLabels
@@ -145,7 +132,7 @@ def relabel_failing(cfg: Config, run_dir: str | Path, label_cfg: LabelConfig, ou
     failing = {r.response_id for r in read_jsonl(run_dir / "labels.jsonl", LineLabels) if r.category != "correct"}
     responses = [r for r in read_jsonl(run_dir / "responses.jsonl", Response) if r.response_id in failing]
     responses = responses[:max_responses] if max_responses else responses
-    tasks = list(tasks) if tasks is not None else train_tasks(cfg.tasks)
+    tasks = list(tasks) if tasks is not None else load_tasks(cfg.tasks, "train")
     model, tokenizer = _model(cfg, model, tokenizer)
     completers = {p: make_completer(_policy_model(model, p, run_dir), tokenizer, cfg) for p in cfg.labels.policies}
     with Sandbox(sandbox_cfg, cache_dir=run_dir / "exec_cache") as sandbox:
@@ -159,7 +146,7 @@ def run_mc_comparison(cfg: Config, run_dir: str | Path, allow_execution: bool = 
     """Monte-Carlo labels (K completions at every line) of the failing responses of ``run_dir/labels.jsonl``.
 
     Writes ``labels_mc.jsonl`` (and ``labels_mc_cost.json``) beside the binary-search labels, resumably, so
-    :mod:`prmlab.label_stats` can compare the two on the same responses. ``max_responses`` caps the cost.
+    :mod:`prmlab.labels.stats` can compare the two on the same responses. ``max_responses`` caps the cost.
     """
     return relabel_failing(cfg, run_dir, dataclasses.replace(cfg.labels, method="mc"), "labels_mc.jsonl",
                            allow_execution, max_responses, progress, model, tokenizer, tasks)
@@ -169,9 +156,10 @@ def run_mc_comparison(cfg: Config, run_dir: str | Path, allow_execution: bool = 
 class ModelOracle:
     """The best-of-K oracle of one response, callable as ``oracle(m)`` on its m-th code line, recording each check.
 
-    For stepping through a binary search by hand (notebook 01); the driver batches the same checks instead.
-    ``log`` holds one dict per check: the prefix length in lines, the prefix text, the completions tried and
-    whether each passed.
+    For stepping through a binary search by hand (notebook 01). Each check is the driver's own round
+    (:func:`prmlab.labels.driver.run_oracles` with the driver's check seed), so a search stepped by hand gives the
+    same labels as :func:`run_labeling` for the same seed. ``log`` holds one dict per check: the prefix length in
+    steps and lines, the prefix text, the completions tried and whether each passed.
     """
 
     response: Response
@@ -182,8 +170,8 @@ class ModelOracle:
     log: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.lines, self.neutral = response_lines(self.response.completion)
-        self.steps = step_positions(self.neutral)
+        self.item = LabelItem(self.response, self.task, *response_lines(self.response.completion), passed=False)
+        self.lines, self.neutral, self.steps = self.item.lines, self.item.neutral, self.item.steps
 
     @property
     def T(self) -> int:
@@ -194,16 +182,9 @@ class ModelOracle:
         m_lines = self.steps[m - 1] if m else 0
         prefix = prefix_text(self.response.completion, self.lines, m_lines)
         state = BestOfK(self.cfg.k, self.cfg.chunk, self.cfg.early_stop)
-        tried: list[tuple[str, bool]] = []
-        for round_ in range(self.cfg.k):
-            n = state.want()
-            if not n:
-                break
-            seed = derive_seed(self.cfg.seed, self.response.response_id, m, round_)
-            completions = self.complete([(self.task, prefix)], n, seed)[0]
-            passed, _ = _judge([(default_program(self.task, c), self.task) for c in completions], self.run_many)
-            state.update(passed)
-            tried += list(zip(completions, passed))
+        seed = check_seed(self.cfg.seed, self.response.response_id, m_lines)
+        tried = run_oracles([state], [(self.task, prefix)], [self.item], self.complete, self.run_many,
+                            default_program, [seed])[0]
         self.log.append({"m_steps": m, "m_lines": m_lines, "prefix": prefix, "tried": tried,
                          "recoverable": state.recoverable})
         return state.recoverable

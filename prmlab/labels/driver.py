@@ -1,15 +1,18 @@
 """The labelling driver: many responses, batched oracle checks, resumable JSONL output, and cost accounting.
 
 Responses are labelled in *groups* (``LabelConfig.group_size``, fixed by the order of the input list, never mixing
-policies). Within a group every failing response runs its own binary search (:class:`prmlab.labeling.BinarySearch`),
+policies). Within a group every failing response runs its own binary search (:class:`prmlab.labels.search.BinarySearch`),
 and all prefixes the searches want checked at the same depth are completed in one ``complete`` call and judged in
 one ``run_many`` call; best-of-K early stopping draws ``LabelConfig.chunk`` completions per round. So a group of G
 responses with T steps each costs about ceil(log2(T + 1)) * K / chunk generation calls instead of G times that.
 
-Resumption and seeds: one generation call serves many responses, so its random stream belongs to the group; each
-group's seed is derived from (``LabelConfig.seed``, policy, the group's response ids), and its records are appended
-together at the end. A killed run loses at most the group in flight; rerunning redoes that group with the same seed
-and appends only the records that are missing, so the final file equals an uninterrupted run's.
+Seeds and resumption: every best-of-K check has its own seed, ``derive_seed(LabelConfig.seed, response id, prefix
+lines)``, and each of its completions its own row seed (:func:`prmlab.sampling.generate` samples every row from its
+own generator), so a check draws the same completions whichever other checks share its generation call. The
+step-by-step :class:`prmlab.labels.stage.ModelOracle` of notebook 01 runs the same :func:`run_oracles` round and
+therefore gives the same labels as this driver. A group's records are appended together at the end; a killed run
+loses at most the group in flight, and rerunning appends only the missing records, so the file equals an
+uninterrupted run's.
 
 Cost accounting (what reviewers asked for): per response, oracle checks, completions generated, programs judged,
 execution-cache hits, and generation vs execution seconds (each call's time shared by sequences); totals go to
@@ -27,13 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from prmlab.config import LabelConfig
-from prmlab.labeling import (BestOfK, BinarySearch, category_of, derive_seed, first_negative, labels_from_boundary,
-                             monte_carlo_labels, progress_labels, step_positions)
+from prmlab.labels.search import (BestOfK, BinarySearch, category_of, first_negative, labels_from_boundary,
+                                  monte_carlo_labels, progress_labels, step_positions)
 from prmlab.records import ExecutionResult, LineLabels, Response, Task, read_jsonl, repair_tail, write_jsonl
-from prmlab.runs import log_metrics
+from prmlab.runs import derive_seed, log_metrics
 
-Complete = Callable[[list[tuple[Task, str]], int, int], list[list[str]]]
-"""``complete(requests, k, seed)``: k whole completions (prefix + continuation) for each (task, prefix)."""
+Complete = Callable[[list[tuple[Task, str]], int, list[int]], list[list[str]]]
+"""``complete(requests, k, seeds)``: k whole completions (prefix + continuation) for each (task, prefix), request j
+drawn from ``seeds[j]`` alone."""
 RunMany = Callable[[list[tuple[str, Task]]], list[ExecutionResult]]
 """``run_many([(program, task)])``: one execution result per program (the sandbox's batch call)."""
 COST_KEYS: tuple[str, ...] = ("oracle_calls", "completions_generated", "executions", "cache_hits", "gen_s", "exec_s")
@@ -62,7 +66,7 @@ def prefix_text(completion: str, lines: Sequence[str], m: int) -> str:
 
 
 @dataclass
-class _Item:
+class LabelItem:
     """One response being labelled, with its cost counters."""
 
     response: Response
@@ -112,17 +116,29 @@ def _judge(programs: list[tuple[str, Task]], run_many: RunMany) -> tuple[list[bo
     return passed, hits
 
 
-def _run_oracles(oracles: list[BestOfK], requests: list[tuple[Task, str]], owners: list[_Item], complete: Complete,
-                 run_many: RunMany, program_of: Callable[[Task, str], str], seed: int) -> None:
-    """Advance best-of-K checks in lockstep until all are decided, charging cost to each check's owner."""
+def check_seed(seed: int, response_id: str, prefix_lines: int) -> int:
+    """The seed of the best-of-K check of a response's first ``prefix_lines`` lines."""
+    return derive_seed(seed, response_id, prefix_lines)
+
+
+def run_oracles(oracles: list[BestOfK], requests: list[tuple[Task, str]], owners: list[LabelItem], complete: Complete,
+                run_many: RunMany, program_of: Callable[[Task, str], str],
+                seeds: list[int]) -> list[list[tuple[str, bool]]]:
+    """Advance best-of-K checks in lockstep until all are decided, charging cost to each check's owner.
+
+    Round r of check j draws its completions from ``derive_seed(seeds[j], r)``; checks that want the same number of
+    completions share one ``complete`` and one ``run_many`` call. Returns, per check, the completions tried and
+    whether each passed (notebooks show them; the driver ignores them).
+    """
+    tried: list[list[tuple[str, bool]]] = [[] for _ in oracles]
     for round_ in range(10**6):
         active = [j for j, o in enumerate(oracles) if o.want() > 0]
         if not active:
-            return
+            return tried
         for n in sorted({oracles[j].want() for j in active}):
             batch = [j for j in active if oracles[j].want() == n]
             t0 = time.perf_counter()
-            outs = complete([requests[j] for j in batch], n, derive_seed(seed, round_, n))
+            outs = complete([requests[j] for j in batch], n, [derive_seed(seeds[j], round_) for j in batch])
             gen_s = time.perf_counter() - t0
             programs = [(program_of(requests[j][0], c), requests[j][0]) for j, cs in zip(batch, outs) for c in cs]
             if len(programs) != n * len(batch):
@@ -134,19 +150,21 @@ def _run_oracles(oracles: list[BestOfK], requests: list[tuple[Task, str]], owner
             for b, j in enumerate(batch):
                 verdicts, cached = passed[b * n:(b + 1) * n], hits[b * n:(b + 1) * n]
                 oracles[j].update(verdicts, cache_hits=sum(cached))
+                tried[j] += list(zip(outs[b], verdicts))
                 cost = owners[j].cost
                 cost["completions_generated"] += n
                 cost["executions"] += n
                 cost["cache_hits"] += sum(cached)
                 cost["gen_s"] += gen_s * share
                 cost["exec_s"] += exec_s * share
+    return tried
 
 
 # --------------------------------------------------------------------------------------------------------------
 # One group
 
 
-def _record(item: _Item, cfg: LabelConfig, method: str, labels: list[float], m_lines: int, m_steps: int,
+def _record(item: LabelItem, cfg: LabelConfig, method: str, labels: list[float], m_lines: int, m_steps: int,
             seed: int, meta: dict[str, Any]) -> LineLabels:
     cost = item.cost
     r = item.response
@@ -161,7 +179,7 @@ def _record(item: _Item, cfg: LabelConfig, method: str, labels: list[float], m_l
               "exec_s": round(cost["exec_s"], 4), "neutral_comments": cfg.neutral_comments, "k": cfg.k, **meta})
 
 
-def _binary_group(items: list[_Item], cfg: LabelConfig, complete: Complete, run_many: RunMany,
+def _binary_group(items: list[LabelItem], cfg: LabelConfig, complete: Complete, run_many: RunMany,
                   program_of: Callable[[Task, str], str], seed: int) -> list[LineLabels]:
     """Binary search every failing response of a group, batching each depth's checks."""
     searches = {i: BinarySearch(len(it.steps), cfg.probe_first) for i, it in enumerate(items) if not it.passed}
@@ -170,10 +188,12 @@ def _binary_group(items: list[_Item], cfg: LabelConfig, complete: Complete, run_
         if not queries:
             break
         oracles = [BestOfK(cfg.k, cfg.chunk, cfg.early_stop) for _ in queries]
-        requests = [(items[i].task, prefix_text(items[i].response.completion, items[i].lines,
-                                                items[i].steps[q - 1])) for i, q in queries]
+        lines = [items[i].steps[q - 1] for i, q in queries]  # prefix length in lines of each check
+        requests = [(items[i].task, prefix_text(items[i].response.completion, items[i].lines, m))
+                    for (i, _), m in zip(queries, lines)]
         owners = [items[i] for i, _ in queries]
-        _run_oracles(oracles, requests, owners, complete, run_many, program_of, derive_seed(seed, "depth", depth))
+        seeds = [check_seed(seed, items[i].response.response_id, m) for (i, _), m in zip(queries, lines)]
+        run_oracles(oracles, requests, owners, complete, run_many, program_of, seeds)
         for (i, _), o in zip(queries, oracles):
             searches[i].update(o.recoverable)
             items[i].cost["oracle_calls"] += 1
@@ -189,10 +209,10 @@ def _binary_group(items: list[_Item], cfg: LabelConfig, complete: Complete, run_
     return out
 
 
-def _mc_group(items: list[_Item], cfg: LabelConfig, complete: Complete, run_many: RunMany,
+def _mc_group(items: list[LabelItem], cfg: LabelConfig, complete: Complete, run_many: RunMany,
               program_of: Callable[[Task, str], str], seed: int) -> list[LineLabels]:
     """K completions at every code line of every failing response (plus the empty prefix for progress labels)."""
-    requests, owners, where = [], [], []
+    requests, owners, where, seeds = [], [], [], []
     for i, it in enumerate(items):
         if it.passed:
             continue
@@ -201,8 +221,9 @@ def _mc_group(items: list[_Item], cfg: LabelConfig, complete: Complete, run_many
             requests.append((it.task, prefix_text(it.response.completion, it.lines, p)))
             owners.append(it)
             where.append((i, p))
+            seeds.append(check_seed(seed, it.response.response_id, p))
     oracles = [BestOfK(cfg.k, early_stop=False) for _ in requests]
-    _run_oracles(oracles, requests, owners, complete, run_many, program_of, derive_seed(seed, "mc"))
+    run_oracles(oracles, requests, owners, complete, run_many, program_of, seeds)
     counts: dict[tuple[int, int], int] = {w: o.n_passing for w, o in zip(where, oracles)}
     for it in owners:
         it.cost["oracle_calls"] += 1
@@ -279,7 +300,7 @@ def label_responses(responses: Sequence[Response], tasks_by_id: Mapping[str, Tas
         missing = [r for r in group if r.response_id not in done]
         if not missing:
             continue
-        seed = derive_seed(cfg.seed, group[0].policy, tuple(r.response_id for r in group))
+        seed = cfg.seed
         fn = complete[group[0].policy] if isinstance(complete, Mapping) else complete
         items = [_item(r, tasks_by_id[r.task_id]) for r in group]
         _set_passed(items, run_many)
@@ -290,7 +311,7 @@ def label_responses(responses: Sequence[Response], tasks_by_id: Mapping[str, Tas
         n_new += len(new)
         bar.update(len(new))
         written = [it for it in items if it.response.response_id in {rec.response_id for rec in new}]
-        log_metrics(Path(metrics_dir or out_path.parent), stage="label", method=method, group_seed=seed,
+        log_metrics(Path(metrics_dir or out_path.parent), stage="label", method=method, seed=seed,
                     n=len(new), **{k: sum(it.cost[k] for it in written) for k in COST_KEYS})
     bar.close()
     result = summarize(read_jsonl(out_path, LineLabels) if out_path.exists() else [], out_path, n_new,
@@ -300,12 +321,12 @@ def label_responses(responses: Sequence[Response], tasks_by_id: Mapping[str, Tas
     return result
 
 
-def _item(r: Response, task: Task) -> _Item:
+def _item(r: Response, task: Task) -> LabelItem:
     lines, neutral = response_lines(r.completion)
-    return _Item(r, task, lines, neutral, passed=False)
+    return LabelItem(r, task, lines, neutral, passed=False)
 
 
-def _set_passed(items: list[_Item], run_many: RunMany) -> None:
+def _set_passed(items: list[LabelItem], run_many: RunMany) -> None:
     """Execute the responses themselves (the sandbox cache makes repeats free)."""
     passed, _ = _judge([(it.response.program, it.task) for it in items], run_many)
     for it, p in zip(items, passed):

@@ -9,7 +9,7 @@ The model continues ``task.prompt`` (which ends with a newline) with a 4-space-i
 their own pre-tokens, so ``tok(prompt + completion)`` is ``tok(prompt)`` followed by ``tok(completion)``: the prompt
 boundary is the same at training and at sampling time. No BOS is added (``add_special_tokens`` changes nothing).
 
-Evaluation (``evaluate_toy_coder``, in :mod:`prmlab.toycoder_eval`) samples the eval split at the preset's
+Evaluation (``evaluate_toy_coder``, in :mod:`prmlab.toycoder.evaluate`) samples the eval split at the preset's
 temperature and measures pass@1 by length through the sandbox.
 """
 

@@ -25,17 +25,16 @@ The Monte-Carlo (Math-Shepherd) baseline samples K completions at *every* code l
 1[any passes], the soft label the fraction passing, and the reviewers' *marginal progress* label is the soft label
 after a line minus the soft label before it.
 
-This module is pure (no models, no execution); :mod:`prmlab.label_driver` runs it on many responses in batches.
+This module is pure (no models, no execution); :mod:`prmlab.labels.driver` runs it on many responses in batches and
+:mod:`prmlab.labels.stage` is the stage (sample, execute, label a run).
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 POSITIVE, NEUTRAL, NEGATIVE = 1.0, 0.0, -1.0
 
@@ -312,31 +311,3 @@ def progress_labels(soft: Sequence[float], soft0: float) -> list[float]:
         out.append(s - prev)  # p_i
         prev = s
     return out
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Seeds
-
-
-def derive_seed(*parts: Any) -> int:
-    """A 31-bit seed from any reprs (e.g. the config seed and a response id): stable across runs and machines."""
-    digest = hashlib.sha256("\x1f".join(repr(p) for p in parts).encode("utf-8")).digest()
-    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
-
-
-# --------------------------------------------------------------------------------------------------------------
-# The stage (implemented in prmlab.label_driver; re-exported here because it is what callers look for)
-
-
-def label_responses(*args: Any, **kwargs: Any):
-    """See :func:`prmlab.label_driver.label_responses`."""
-    from prmlab.label_driver import label_responses as impl
-
-    return impl(*args, **kwargs)
-
-
-def run_labeling(cfg: Any, run_dir: str | Path, allow_execution: bool = False):
-    """See :func:`prmlab.label_stage.run_labeling`: sample, execute and label a whole preset's responses."""
-    from prmlab.label_stage import run_labeling as impl
-
-    return impl(cfg, run_dir, allow_execution=allow_execution)

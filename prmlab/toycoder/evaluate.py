@@ -12,94 +12,42 @@ For each eval task one completion is sampled at the preset's temperature and exe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
-import subprocess
-import sys
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from prmlab.config import SamplingConfig, SandboxConfig
+from prmlab.config import ModelConfig, SamplingConfig, SandboxConfig
+from prmlab.lines import is_comment
+from prmlab.models import load_base_model, load_tokenizer
 from prmlab.records import Task
+from prmlab.sampling import sample_responses
+from prmlab.sandbox import Sandbox
+from prmlab.tasks.toy import generate_tasks
 
 BUCKETS: dict[str, tuple[int, int]] = {"2-3": (2, 3), "4-7": (4, 7), "8-12": (8, 12)}
 NOOP = re.compile(r"^(pass|(\w+) = \2)$")
 
 
-def sample_completions(model, tok, prompts: list[str], cfg: SamplingConfig, progress: bool = True) -> list[str]:
-    """One completion per prompt: batched ``generate`` with left padding, seeded per batch (seed + batch index)."""
-    from tqdm.auto import tqdm
-
-    tok.padding_side = "left"
-    out: list[str] = []
-    starts = range(0, len(prompts), cfg.batch_size)
-    for b, i in enumerate(tqdm(starts, desc="sampling", disable=not progress)):
-        enc = tok(prompts[i:i + cfg.batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
-        torch.manual_seed(cfg.seed + b)
-        with torch.no_grad():
-            gen = model.generate(**enc, do_sample=cfg.temperature > 0, temperature=cfg.temperature or None,
-                                 top_p=cfg.top_p, top_k=0, max_new_tokens=cfg.max_new_tokens,
-                                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-        for row in gen[:, enc.input_ids.shape[1]:]:
-            ids = row.tolist()
-            ids = ids[:ids.index(tok.eos_token_id)] if tok.eos_token_id in ids else ids
-            out.append(tok.decode(ids, skip_special_tokens=True))
-    return out
+def sample_completions(model, tok, tasks: list[Task], cfg: SamplingConfig, progress: bool = True) -> list[str]:
+    """One completion per task from the pipeline's own sampler (:func:`prmlab.sampling.sample_responses`: per-row
+    seeds, token healing, the completion track's stop rules)."""
+    responses = sample_responses(model, tok, tasks, dataclasses.replace(cfg, n_samples=1), "completion",
+                                 progress=progress)
+    return [r.completion for r in responses]
 
 
-HARNESS = """import sys
-src = open(sys.argv[1]).read().split("\\n#@@TEST@@\\n")
-n = 0
-for test in src[1:]:
-    env = {}
-    try:
-        exec(src[0], env); exec(test, env); n += 1
-    except BaseException:
-        pass
-print("PRMLAB_RESULT", n, len(src) - 1)
-"""
-
-
-def _fallback_run(program: str, task: Task, timeout_s: float) -> bool:
-    """A minimal subprocess check (used only when prmlab.sandbox is not available): one process per program."""
-    with tempfile.TemporaryDirectory() as d:
-        f = Path(d) / "prog.py"
-        f.write_text("\n#@@TEST@@\n".join([program, *task.tests]))
-        try:
-            r = subprocess.run([sys.executable, "-I", "-c", HARNESS, str(f)], cwd=d, capture_output=True, text=True,
-                               timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return False
-    m = re.search(r"PRMLAB_RESULT (\d+) (\d+)", r.stdout)
-    return bool(m) and m.group(1) == m.group(2) != "0"
-
-
-def execute(programs: list[str], tasks: list[Task], cfg: SandboxConfig) -> tuple[list[bool], str]:
-    """Pass/fail of each program: through ``prmlab.sandbox.Sandbox`` when it exists, else the fallback checker."""
-    if not cfg.allow_execution:
-        raise PermissionError("Executing model output needs SandboxConfig(allow_execution=True).")
-    try:
-        from prmlab.sandbox import Sandbox
-    except ImportError:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(max(cfg.workers, 2)) as ex:
-            return list(ex.map(lambda pt: _fallback_run(*pt, cfg.timeout_s), zip(programs, tasks))), "fallback"
+def execute(programs: list[str], tasks: list[Task], cfg: SandboxConfig) -> list[bool]:
+    """Pass/fail of each program in prmlab's sandbox (the only executor of model output)."""
     with Sandbox(cfg) as sb:
-        return [r.passed for r in sb.run_many(list(zip(programs, tasks)))], "prmlab.sandbox"
+        return [r.passed for r in sb.run_many(list(zip(programs, tasks)))]
 
 
 def code_lines(text: str) -> list[str]:
     """Stripped non-blank lines of a body."""
     return [ln.strip() for ln in text.splitlines() if ln.strip()]
-
-
-def is_comment(line: str) -> bool:
-    return line.lstrip().startswith("#")
 
 
 def is_noop(line: str) -> bool:
@@ -186,21 +134,17 @@ def evaluate_toy_coder(model_dir: str | Path, n_per_length: int = 200, seed: int
                        max_lines: int = 12, sampling: SamplingConfig | None = None,
                        sandbox: SandboxConfig | None = None, progress: bool = True) -> dict[str, Any]:
     """Sample one completion per eval task (``n_per_length`` per length) and measure pass@1 and its anatomy."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from prmlab.tasks.toy import generate_tasks
-
     sampling = sampling or SamplingConfig(temperature=1.0, batch_size=64, seed=seed)
     sandbox = sandbox or SandboxConfig(allow_execution=True)
     n_len = max_lines - min_lines + 1
     tasks = generate_tasks(n_per_length * n_len, "eval", seed=seed, min_lines=min_lines, max_lines=max_lines)
     tasks = sorted(tasks, key=lambda t: t.n_lines)  # similar lengths batch together
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    completions = sample_completions(model, tok, [t.prompt for t in tasks], sampling, progress)
-    passed, executor = execute([t.prompt + c for t, c in zip(tasks, completions)], tasks, sandbox)
+    model_cfg = ModelConfig(name_or_path=str(model_dir))
+    tok, model = load_tokenizer(model_cfg), load_base_model(model_cfg)
+    completions = sample_completions(model, tok, tasks, sampling, progress)
+    passed = execute([t.prompt + c for t, c in zip(tasks, completions)], tasks, sandbox)
     result = summarize(tasks, completions, passed)
-    result.update(executor=executor, seed=seed, n_per_length=n_per_length, temperature=sampling.temperature,
+    result.update(executor="prmlab.sandbox", seed=seed, n_per_length=n_per_length, temperature=sampling.temperature,
                   top_p=sampling.top_p, max_new_tokens=sampling.max_new_tokens,
                   examples=examples(tasks, completions, passed))
     return result
@@ -234,11 +178,8 @@ def _table(result: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-STAGE1_DIR = "/tmp/toy-coder-stage1"
-"""Where the card's regenerating commands put the first stage of a two-stage training (the second's --init-from)."""
 
-
-def _regenerate(train_cfg: dict[str, Any], m: dict[str, Any], command: str) -> str:
+def _regenerate(train_cfg: dict[str, Any], m: dict[str, Any], command: str, stage1_dir: str) -> str:
     cmd = command or ".venv/bin/python scripts/train_toy_coder.py"
     e = m.get("earlier_stage")
     if not e:
@@ -248,12 +189,12 @@ def _regenerate(train_cfg: dict[str, Any], m: dict[str, Any], command: str) -> s
             f"{e['first_loss']:.3f} -> {e['final_loss']:.3f}, {e['train_s'] / 60:.1f} min; stage 2 from step "
             f"{e['steps']}: {m['n_samples']} samples, data seed {m['data_seed']} (the dashed line in `loss_curve.png`; "
             f"the bump after it is the second stage's learning-rate warm-up on new samples).\n"
-            f"- regenerate: `.venv/bin/python scripts/train_toy_coder.py --out {STAGE1_DIR} --n-samples "
+            f"- regenerate: `.venv/bin/python scripts/train_toy_coder.py --out {stage1_dir} --n-samples "
             f"{e['n_samples']} --data-seed {e['data_seed']} --seed {e['seed']} --no-eval` then\n  `{cmd}`.")
 
 
 def render_card(train_cfg: dict[str, Any], train_metrics: dict[str, Any], result: dict[str, Any],
-                repeat: dict[str, Any] | None = None, command: str = "") -> str:
+                repeat: dict[str, Any] | None = None, command: str = "", stage1_dir: str = "<stage-1 dir>") -> str:
     """The model card (data/toy-coder/README.md): training, size, measured pass rates, failure anatomy, samples."""
     f = result["failures"]
     m = train_metrics
@@ -281,7 +222,7 @@ context {train_cfg['max_positions']}) with a byte-level BPE tokenizer, trained f
   {m.get('total_train_s', m['train_s']) / 60:.1f} min of training in all at {m['tokens_per_s']:.0f} tokens/s on a shared 2-core CPU.
 - files: `model.safetensors` (fp32), tokenizer files, `train_config.json`, `train_metrics.json`, `eval.json`,
   `provenance.json`.
-{_regenerate(train_cfg, m, command)}
+{_regenerate(train_cfg, m, command, stage1_dir)}
 
 ## Measured pass@1 (eval split, one sample per task, temperature {result['temperature']}, top-p {result['top_p']})
 Executed with `{result['executor']}`; {result['n_per_length']} tasks per length, eval seed {result['seed']}.
