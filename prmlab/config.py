@@ -22,12 +22,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from prmlab.errors import ConfigError  # noqa: F401  (re-exported: configs raise it)
+
 PRESETS: tuple[str, ...] = ("tiny", "cpu-real", "gpu", "paper")
 DATA_SELECTIONS: tuple[str, ...] = ("full", "remove-hard", "medium-only", "revised-only")
-
-
-class ConfigError(ValueError):
-    """An invalid configuration value; the message names the field."""
 
 
 def _check(ok: bool, cls: str, name: str, why: str) -> None:

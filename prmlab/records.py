@@ -25,14 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from prmlab.errors import RecordError  # noqa: F401  (re-exported: record files raise it)
+
 Status = Literal["passed", "failed", "timed_out", "crashed", "error"]
 STATUSES: tuple[str, ...] = typing.get_args(Status)
 Category = Literal["correct", "revised", "wrong"]
 CATEGORIES: tuple[str, ...] = typing.get_args(Category)
-
-
-class RecordError(ValueError):
-    """A JSONL row (or a constructed record) is malformed; the message names the file, line and reason."""
 
 
 @dataclass(frozen=True)
