@@ -8,17 +8,24 @@
 
 Every command takes ``--preset``, ``--seed``, ``--run-dir`` (default ``runs/<preset>``) and repeated
 ``--set stage.field=value`` overrides (the value is parsed as JSON when it can be, e.g. ``--set labels.k=4``).
+
+A mistake the library recognises (:mod:`prmlab.errors`: a bad config value, a malformed record file, execution not
+allowed, a model or dataset not available offline, too little data, a run directory of another config, a missing
+upstream stage) is printed as one sentence naming the fix, and the command exits with that error's code (2-8);
+``--debug`` or ``PRMLAB_DEBUG=1`` shows the traceback instead. Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from prmlab.config import PRESETS, Config, ConfigError, preset
+from prmlab.errors import MissingArtifact, PrmlabError
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
@@ -58,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--run-dir", type=Path, default=None, help="run directory (default: runs/<preset>)")
     common.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.FIELD=VALUE",
                         help="override one config field, e.g. --set labels.k=4 (repeatable)")
+    common.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (also: PRMLAB_DEBUG=1)")
     execution = argparse.ArgumentParser(add_help=False)
     execution.add_argument("--allow-execution", action="store_true",
                            help="allow running model-generated code in prmlab's sandbox (see docs/safety.md)")
@@ -85,21 +94,34 @@ def _train_prm(cfg: Config, run_dir: Path) -> None:
     print(f"[train-prm] {result}")
 
 
-def _report(run_dir: Path) -> None:
+def _report(run_dir: Path, preset_name: str) -> None:
     from prmlab.report import write_report
 
+    if not (run_dir / "labels.jsonl").exists():
+        raise MissingArtifact(f"{run_dir} holds no run to report on (no labels.jsonl): run the pipeline first "
+                              f"(`prmlab pipeline --preset {preset_name} --allow-execution`), or pass the --run-dir "
+                              f"of an existing run.")
     path = write_report(run_dir)
     print(path.read_text(encoding="utf-8"))
     print(f"[report] written to {path} (figures in {run_dir / 'figures'})")
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a :class:`~prmlab.errors.PrmlabError` becomes one line on stderr and its exit code."""
     args = _parser().parse_args(argv)
+    debug = args.debug or os.environ.get("PRMLAB_DEBUG", "").lower() in ("1", "true", "yes")
     try:
-        cfg = build_config(args.preset, args.seed, args.overrides)
-    except ConfigError as e:
-        print(f"prmlab: {e}", file=sys.stderr)
-        return 2
+        return _run(args)
+    except PrmlabError as e:
+        if debug:
+            raise
+        print(f"prmlab {args.command}: {e}", file=sys.stderr)
+        print("(run again with --debug for the traceback)", file=sys.stderr)
+        return e.exit_code
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = build_config(args.preset, args.seed, args.overrides)
     run_dir = args.run_dir or Path("runs") / cfg.name
     if args.command == "config":
         print(json.dumps(cfg.to_dict(), indent=2))
@@ -108,11 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "train-prm":
         _train_prm(cfg, run_dir)
     elif args.command == "report":
-        _report(run_dir)
+        _report(run_dir, cfg.name)
     elif args.command == "pipeline":
         _label(cfg, run_dir, args.allow_execution)
         _train_prm(cfg, run_dir)
-        _report(run_dir)
+        _report(run_dir, cfg.name)
     return 0
 
 

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from prmlab.config import ModelConfig
+from prmlab.errors import NotAvailable
 from prmlab.offline import OFFLINE_PRESETS, hub_reachable
 
 # bitsandbytes (imported by peft) warns on import, on CPUs with avx512_bf16, that an optional 4-bit kernel could not
@@ -41,7 +42,7 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-class ModelNotAvailable(RuntimeError):
+class ModelNotAvailable(NotAvailable):
     """A model cannot be loaded here (not shipped, package missing, or no network for a hub id)."""
 
 

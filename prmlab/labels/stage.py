@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from prmlab.config import Config, LabelConfig
+from prmlab.errors import ExecutionNotAllowed
 from prmlab.labels.driver import (Complete, LabelingResult, RunMany, LabelItem, check_seed, default_program,
                                   label_responses, prefix_text, response_lines, run_oracles)
 from prmlab.labels.search import BestOfK
@@ -77,8 +78,8 @@ def _policy_model(model, name: str, run_dir: Path):
 
 def _execution_guard(cfg: Config, allow_execution: bool):
     if not (allow_execution or cfg.sandbox.allow_execution):
-        raise PermissionError("Labelling executes model-generated programs; pass allow_execution=True "
-                              "(CLI: --allow-execution) after reading docs/safety.md.")
+        raise ExecutionNotAllowed("Labelling executes model-generated programs: pass --allow-execution (or "
+                                  "allow_execution=True) after reading docs/safety.md.")
     return dataclasses.replace(cfg.sandbox, allow_execution=True)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from prmlab.config import Config, ModelConfig, PRMConfig
+from prmlab.errors import MissingArtifact, NotEnoughData
 from prmlab.models import use_adapter
 from prmlab.prm.data import batches, collate, select_data, split_by_task, task_pass_rates
 from prmlab.prm.data import Example
@@ -117,15 +118,17 @@ def train_prm(labels: Sequence[LineLabels], cfg: PRMConfig, model_cfg: ModelConf
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.jsonl").unlink(missing_ok=True)
     seed_everything(cfg.seed)
     val, test, train = split_by_task(labels, (cfg.val_fraction, cfg.test_fraction), seed=cfg.seed)
     rates = pass_rates if pass_rates is not None else task_pass_rates(labels)
     train = select_data(train, cfg.data_selection, rates, cfg.hard_below, cfg.easy_above)
-    if not train or not val:
-        raise ValueError(f"not enough data: {len(train)} training and {len(val)} validation responses after "
-                         f"selection {cfg.data_selection!r} (from {len(labels)} labelled responses)")
+    if not train or not val:  # checked before out_dir is touched: a refused run loses no earlier PRM
+        raise NotEnoughData(f"Not enough data to train the PRM: {len(train)} training and {len(val)} validation "
+                            f"responses after selection {cfg.data_selection!r} (from {len(labels)} labelled "
+                            f"responses); label more tasks (--set tasks.n_train=...) or use --set "
+                            f"prm.data_selection=full.")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.jsonl").unlink(missing_ok=True)
     prm = new_prm(model_cfg, cfg.loss, model=model, tokenizer=tokenizer, seed=cfg.seed)
     train_ex = [prm.encode(r) for r in tqdm(train, desc="encoding", disable=not progress)]
     val_ex = [prm.encode(r) for r in val]
@@ -171,8 +174,8 @@ def run_prm(cfg: Config, run_dir: str | Path, model=None, tokenizer=None, progre
     run_dir = Path(run_dir)
     path = run_dir / "labels.jsonl"
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: label responses first (`prmlab label --preset {cfg.name} "
-                                f"--allow-execution`, or notebook 01).")
+        raise MissingArtifact(f"{path} does not exist: label responses first (`prmlab label --preset {cfg.name} "
+                              f"--allow-execution`, or notebook 01).")
     labels = read_jsonl(path, LineLabels, repair_tail=True)
     result = train_prm(labels, cfg.prm, cfg.model, run_dir / "prm", model=model, tokenizer=tokenizer,
                        progress=progress)

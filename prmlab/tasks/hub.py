@@ -24,6 +24,7 @@ import re
 import zlib
 from typing import Any
 
+from prmlab.errors import NotAvailable
 from prmlab.offline import OFFLINE_PRESETS, hub_reachable, offline_mode
 from prmlab.records import Task
 from prmlab.tasks.humaneval import code_line_count, humaneval_task
@@ -38,7 +39,7 @@ TRAIN_SPLITS = ("train", "prompt")
 """Hub splits that become ``Task.split == "train"``; every other split is ``"eval"``."""
 
 
-class HubUnavailable(RuntimeError):
+class HubUnavailable(NotAvailable):
     """The hub (or ``datasets``) cannot be reached; the message names the presets that work offline."""
 
 
