@@ -22,6 +22,7 @@ import importlib.util
 import logging
 import os
 import shutil
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -157,6 +158,21 @@ def quantization_config(cfg: ModelConfig):
                               bnb_4bit_compute_dtype=getattr(torch, cfg.dtype))
 
 
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """No "Loading weights" progress bar while loading (a second on these models, shown at every load otherwise);
+    transformers' own setting is restored afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def load_base_model(cfg: ModelConfig):
     """The base causal LM of ``cfg`` in eval mode (4-bit linear layers when ``cfg.load_in_4bit``)."""
     from transformers import AutoModelForCausalLM
@@ -167,7 +183,8 @@ def load_base_model(cfg: ModelConfig):
     if qcfg is not None:
         kwargs.update(quantization_config=qcfg, device_map="cpu" if cfg.device == "cpu" else "auto")
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        with _quiet_loading():
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as e:
         raise _hub_error(path, e) from e
     if qcfg is None and cfg.device != "cpu":
@@ -192,7 +209,9 @@ def add_adapters(base, cfg: ModelConfig, names: tuple[str, ...] = ROLES):
 
     if getattr(base, "is_loaded_in_4bit", False):
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
-    model = get_peft_model(base, lora_config(cfg), adapter_name=names[0])
+    with warnings.catch_warnings():  # peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing`
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        model = get_peft_model(base, lora_config(cfg), adapter_name=names[0])
     for name in names[1:]:
         model.add_adapter(name, lora_config(cfg))
     set_trainable_adapter(model, names[0])
