@@ -1,177 +1,72 @@
-"""Isolated, limited, batched and cached execution of generated programs against unit tests.
+"""The parent side of prmlab's sandbox: a pool of worker processes, batching, caching and the run's protections.
 
-Every reward, label and evaluation in prmlab rests on this module. Programs come from a policy that RL pushes to
+Every reward, label and evaluation in prmlab rests on this package. Programs come from a policy that RL pushes to
 find any way to collect reward, so execution is contained, honest about what passed, and fast:
 
-* each program runs in a **separate process that is not a fork of the caller**: a pool of small stdlib-only worker
-  interpreters (:mod:`prmlab.sandbox_worker`, started with ``subprocess``) each fork a fresh child per program;
-* the child gets its own session, a fresh temporary working directory, rlimits on CPU time, address space,
-  processes, file size and open files, and (when running as root) an unprivileged uid of its own; the worker
-  enforces a wall-clock timeout, bounds captured output and kills every process the program left;
+* each program runs in **processes that are not forks of the caller**: a pool of small stdlib-only worker
+  interpreters (:mod:`prmlab.sandbox.worker`, started with ``subprocess``) fork, per program, a process that runs
+  the program and a separate test runner that judges it (:mod:`prmlab.sandbox.harness`);
+* the worker isolates itself as far as the kernel allows (:mod:`prmlab.sandbox.isolation`: user, mount, PID and
+  network namespaces, read-only mounts, Landlock), sets rlimits on CPU time, address space, processes, file size
+  and open files, enforces a wall-clock timeout, bounds captured output and kills every process the program left;
+  :attr:`Sandbox.protections` says what is in force (logged once per Sandbox; strict mode refuses when something
+  is missing);
 * the result is typed (:class:`~prmlab.records.ExecutionResult`):
 
   ============ ==================================================================================================
-  ``passed``    a nonce-tagged "done" report from the child itself after the last test, exit status 0, every
-                test passed, and no process left behind. Nothing else counts.
+  ``passed``    the test runner reported every test passed and finished, both processes exited with status 0,
+                and no process was left behind. Nothing else counts.
   ``failed``    the tests ran and at least one failed, or the program raised before the tests (``sys.exit(0)``
                 included), or the program left a process running (then ``n_passed`` is 0).
   ``timed_out`` wall-clock timeout or CPU-time limit.
-  ``crashed``   the child ended before its tests finished (``os._exit``, a signal, a closed result pipe, a dead
+  ``crashed``   a process ended before the tests finished (``os._exit``, a signal, a broken channel, a dead
                 worker); ``n_passed`` counts the tests that had passed before.
   ``error``     the sandbox itself failed (never cached).
   ============ ==================================================================================================
 
 * ``pass_fraction`` (``n_passed / n_tests``) is the partial-credit reward: each of ``task.tests`` is an independent
-  block run after the program and ``task.test_setup`` in its own copy of the namespace, with the real builtins.
+  block run after ``task.test_setup`` in its own copy of the namespace, with the real builtins.
 
-Execution is opt-in (``SandboxConfig.allow_execution``); see docs/safety.md for what this does and does not protect
-against. Linux only (fork, prctl, pidfd).
+Execution is opt-in (``SandboxConfig.allow_execution``); see docs/safety.md. Linux only.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import queue
 import select
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import threading
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from prmlab.config import SandboxConfig
 from prmlab.records import ExecutionResult, Task
+from prmlab.sandbox.jobs import (HARNESS_VERSION, ResultCache, SandboxStats, cache_key, cacheable, limits, make_job,
+                                 require_allowed, to_result)
+from prmlab.sandbox.protections import (WORKER_PATH, Protections, announce, from_flags, protections,
+                                        strict_requested, worker_env)
 
-HARNESS_VERSION = "prmlab-sandbox-1"
-"""Part of every cache key: bump it when the harness's semantics change."""
-WORKER_PATH = Path(__file__).with_name("sandbox_worker.py")
-CACHE_FILE = "sandbox_cache.jsonl"
 WATCHDOG_GRACE_S = 30.0
 """A worker that has not answered ``timeout_s`` plus this many seconds after a job is killed and replaced."""
-
-
-class ExecutionNotAllowed(RuntimeError):
-    """Raised when code would be executed without ``SandboxConfig(allow_execution=True)``."""
-
-
-def require_allowed(cfg: SandboxConfig) -> None:
-    """Raise :class:`ExecutionNotAllowed` unless the config opts in to executing generated code."""
-    if not cfg.allow_execution:
-        raise ExecutionNotAllowed(
-            "Executing model-generated programs is off: set SandboxConfig(allow_execution=True) (CLI: "
-            "--allow-execution) once you have read docs/safety.md, which says what prmlab's sandbox protects "
-            "against and what it does not (it is not a security boundary against a determined attacker).")
-
-
-@dataclass
-class SandboxStats:
-    """Counters of a :class:`Sandbox`: programs executed, served from the cache, and seconds spent."""
-
-    executed: int = 0
-    cache_hits: int = 0
-    duplicates: int = 0
-    """Identical (program, tests, limits) jobs within one batch that ran once."""
-    errors: int = 0
-    time_s: float = 0.0
-
-    @property
-    def requests(self) -> int:
-        return self.executed + self.cache_hits + self.duplicates
-
-    @property
-    def hit_rate(self) -> float:
-        """Share of requests answered without executing (cache hits and in-batch duplicates)."""
-        return (self.cache_hits + self.duplicates) / self.requests if self.requests else 0.0
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(dataclasses.asdict(self), requests=self.requests, hit_rate=self.hit_rate)
-
-
-def limits(cfg: SandboxConfig) -> dict[str, Any]:
-    """The limits sent to the worker (and hashed into cache keys)."""
-    return {"timeout_s": cfg.timeout_s, "cpu_time_s": cfg.cpu_time_s, "memory_mb": cfg.memory_mb,
-            "nproc": cfg.max_processes, "max_file_mb": cfg.max_file_mb, "max_output_bytes": cfg.max_output_bytes}
-
-
-def make_job(program: str, task: Task, cfg: SandboxConfig) -> dict[str, Any]:
-    """The worker's job: program, test setup, test cases, mode (``stdin`` tasks run the program per test)."""
-    mode = "stdin" if task.meta.get("io") == "stdin" else "function"
-    return {"program": program, "setup": task.test_setup, "tests": list(task.tests), "mode": mode,
-            "limits": limits(cfg)}
-
-
-def cache_key(job: dict[str, Any]) -> str:
-    """sha256 over (harness version, program, setup, tests, mode, limits)."""
-    blob = json.dumps([HARNESS_VERSION, job["program"], job["setup"], job["tests"], job["mode"], job["limits"]],
-                      sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
-
-
-def to_result(reply: dict[str, Any], task: Task) -> ExecutionResult:
-    """An :class:`ExecutionResult` from a worker reply (``failing_index`` becomes the failing test's source)."""
-    idx = reply.get("failing_index")
-    return ExecutionResult(status=reply["status"], n_tests=len(task.tests), n_passed=reply["n_passed"],
-                           failing_test=task.tests[idx] if idx is not None else None, message=reply.get("message"),
-                           duration_s=round(float(reply.get("duration_s", 0.0)), 6))
-
-
-def cacheable(reply: dict[str, Any], cfg: SandboxConfig) -> bool:
-    """Harness errors and dead workers are never cached; nor are wall-clock timeouts of a mostly idle program
-    (a loaded machine or a sleep, not a property of the program)."""
-    if reply["status"] == "error" or reply.get("worker_died"):
-        return False
-    return not (reply["status"] == "timed_out" and "wall-clock" in (reply.get("message") or "")
-                and reply.get("cpu_s", 0.0) < 0.5 * cfg.timeout_s)
-
-
-class ResultCache:
-    """Results memoised on disk as JSON lines ``{"k": key, "r": result}`` in ``<dir>/sandbox_cache.jsonl``."""
-
-    def __init__(self, directory: str | os.PathLike):
-        self.path = Path(directory) / CACHE_FILE
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.entries: dict[str, dict[str, Any]] = {}
-        if self.path.exists():
-            for line in self.path.read_bytes().split(b"\n"):
-                try:
-                    row = json.loads(line)
-                    ExecutionResult(**row["r"])  # validate
-                    self.entries[row["k"]] = row["r"]
-                except (ValueError, KeyError, TypeError):
-                    continue  # a truncated or foreign line is skipped, never trusted
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        return self.entries.get(key)
-
-    def put_many(self, items: list[tuple[str, dict[str, Any]]]) -> None:
-        if not items:
-            return
-        lines = []
-        for key, result in items:
-            self.entries[key] = result
-            lines.append(json.dumps({"k": key, "r": result}, ensure_ascii=False) + "\n")
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write("".join(lines))
+PREFIX = struct.Struct(">II")
 
 
 class _Worker:
     """The parent's handle on one worker process (spawned with subprocess, never forked from the caller)."""
 
     def __init__(self) -> None:
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
-        if os.environ.get("PRMLAB_SANDBOX_TMP"):
-            env["PRMLAB_SANDBOX_TMP"] = os.environ["PRMLAB_SANDBOX_TMP"]
         self.proc = subprocess.Popen([sys.executable, "-I", "-S", "-B", str(WORKER_PATH)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, close_fds=True,
-                                     start_new_session=True, cwd="/")
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=worker_env(),
+                                     close_fds=True, start_new_session=True, cwd="/")
         self.buf = b""
         self.hello: dict[str, Any] | None = None
 
@@ -200,8 +95,12 @@ class _Worker:
         return line
 
     def request(self, job: dict[str, Any]) -> dict[str, Any]:
+        """Send a job as prefix, header (limits, mode, test count) and body (program, setup, tests): the worker
+        reads the body only after it has forked the program's process, which so never holds the tests."""
         self.read_hello()
-        self.proc.stdin.write((json.dumps(job, ensure_ascii=False) + "\n").encode("utf-8"))
+        header = json.dumps({"limits": job["limits"], "mode": job["mode"], "n_tests": len(job["tests"])}).encode()
+        body = json.dumps({k: job[k] for k in ("program", "setup", "tests", "mode")}, ensure_ascii=False).encode()
+        self.proc.stdin.write(PREFIX.pack(len(header), len(body)) + header + body)
         self.proc.stdin.flush()
         return json.loads(self._read_line(time.monotonic() + job["limits"]["timeout_s"] + WATCHDOG_GRACE_S))
 
@@ -211,6 +110,7 @@ class _Worker:
             if not kill:
                 self.proc.stdin.close()
                 self.proc.wait(timeout=15)
+                self._remove_base()
                 return
         except (OSError, subprocess.TimeoutExpired):
             pass
@@ -219,17 +119,22 @@ class _Worker:
         except OSError:
             pass
         self.proc.wait()
-        base = (self.hello or {}).get("base")
-        if base and Path(base).name.startswith("prmlab-sandbox-"):
-            shutil.rmtree(base, ignore_errors=True)
+        self._remove_base()
         uid = (self.hello or {}).get("uid")
-        if uid is not None:  # the worker's programs may outlive it; kill them from a fresh process
+        if uid is not None:  # without a PID namespace its programs may outlive it; kill them from a fresh process
             subprocess.run([sys.executable, "-I", "-S", "-B", str(WORKER_PATH), "--kill-uid", str(uid)],
                            timeout=30, check=False, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
 
+    def _remove_base(self) -> None:
+        """The worker's base directory on the host (empty when the worker had its own tmpfs there)."""
+        base = (self.hello or {}).get("base")
+        if base and Path(base).name.startswith("prmlab-sandbox-"):
+            shutil.rmtree(base, ignore_errors=True)
 
-def _run_on(worker: _Worker | None, job: dict[str, Any]) -> tuple[_Worker | None, dict[str, Any]]:
-    """Run a job, respawning a worker that is missing, dead or stuck; a dead worker's job is ``crashed``."""
+
+def _run_on(worker: _Worker | None, job: dict[str, Any], strict: bool = False) -> tuple[_Worker | None, dict[str, Any]]:
+    """Run a job, respawning a worker that is missing, dead or stuck; a dead worker's job is ``crashed``. In strict
+    mode a worker that reports a missing protection runs nothing (``error``)."""
     if worker is None or worker.proc.poll() is not None:
         if worker is not None:
             worker.close(kill=True)
@@ -240,6 +145,11 @@ def _run_on(worker: _Worker | None, job: dict[str, Any]) -> tuple[_Worker | None
         worker.close(kill=True)
         return None, {"status": "error", "n_passed": 0, "failing_index": None,
                       "message": f"the sandbox worker failed to start ({type(e).__name__}: {e})"}
+    missing = from_flags(worker.hello.get("protections", {})).missing
+    if strict and missing:
+        worker.close(kill=True)
+        return None, {"status": "error", "n_passed": 0, "failing_index": None,
+                      "message": "strict mode: the sandbox worker started without " + "; ".join(missing)}
     try:
         reply = worker.request(job)
     except (EOFError, TimeoutError, OSError, ValueError) as e:
@@ -261,10 +171,16 @@ class Sandbox:
     ...     sb.stats.hit_rate
     """
 
-    def __init__(self, cfg: SandboxConfig, cache_dir: str | os.PathLike | None = None):
+    def __init__(self, cfg: SandboxConfig, cache_dir: str | os.PathLike | None = None, strict: bool | None = None):
+        """``strict`` (default: ``cfg.strict`` if the config has it, else ``PRMLAB_SANDBOX_STRICT=1``) refuses to
+        run without every protection (:class:`~prmlab.sandbox.protections.SandboxUnavailable`)."""
         require_allowed(cfg)
         if not sys.platform.startswith("linux"):
             raise RuntimeError("prmlab's sandbox needs Linux (fork, prctl, pidfd); see docs/safety.md.")
+        self.strict = strict_requested(strict if strict is not None else getattr(cfg, "strict", None))
+        self.protections: Protections = protections()
+        """What is in force for this Sandbox's programs (see :meth:`provenance`)."""
+        announce(self.protections, self.strict)
         self.cfg = cfg
         self.cache = ResultCache(cache_dir) if (cache_dir is not None and cfg.cache) else None
         self.stats = SandboxStats()
@@ -334,7 +250,7 @@ class Sandbox:
                     i = pending.get_nowait()
                 except queue.Empty:
                     return
-                self._workers[slot], replies[i] = _run_on(self._workers[slot], jobs[i])
+                self._workers[slot], replies[i] = _run_on(self._workers[slot], jobs[i], self.strict)
                 done.put(i)
 
         threads = [threading.Thread(target=loop, args=(s,), daemon=True)
@@ -354,6 +270,11 @@ class Sandbox:
             if bar is not None:
                 bar.close()
         return replies  # type: ignore[return-value]
+
+    def provenance(self) -> dict[str, Any]:
+        """What to record with a run: harness version, limits, strict mode and the protections in force."""
+        return {"harness_version": HARNESS_VERSION, "limits": limits(self.cfg), "strict": self.strict,
+                "protections": self.protections.as_dict(), "summary": self.protections.line()}
 
     def close(self) -> None:
         """Stop the workers (each removes its temporary directories and kills what its programs left)."""

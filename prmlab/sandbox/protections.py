@@ -1,0 +1,134 @@
+"""Which protections the sandbox has on this machine, said once per run and on request.
+
+The worker reports what the kernel granted it (:func:`prmlab.sandbox.isolation.protection_flags`);
+:class:`Protections` turns those flags into guarantees and names what is missing. :func:`protections` starts a
+probe worker once per process (and environment) to find out before any program runs. Strict mode
+(``Sandbox(..., strict=True)`` or ``PRMLAB_SANDBOX_STRICT=1``) refuses to run when anything is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+WORKER_PATH = Path(__file__).with_name("worker.py")
+STRICT_ENV = "PRMLAB_SANDBOX_STRICT"
+log = logging.getLogger("prmlab.sandbox")
+_cache: dict[tuple, "Protections"] = {}
+
+
+class SandboxUnavailable(RuntimeError):
+    """Strict mode and a protection is missing (the message names it)."""
+
+
+@dataclass(frozen=True)
+class Protections:
+    """Guarantees in force for programs run by this machine's sandbox workers, and what is missing."""
+
+    mode: str
+    """``root with namespaces``, ``unprivileged with namespaces``, ``unprivileged with Landlock only``, ..."""
+    writes_confined: bool
+    network: str
+    """``blocked`` (network namespace), ``TCP blocked`` (Landlock ABI >= 4) or ``open``."""
+    signals_confined: bool
+    processes: str
+    """How leftovers are killed: ``PID namespace``, ``sandbox uid`` or ``descendant walk``."""
+    processes_hidden: bool
+    verdict_separated: bool = True
+    """Tests run in a process the program cannot reach (always)."""
+    missing: tuple[str, ...] = ()
+    flags: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+    def line(self) -> str:
+        """One line for the log and the run's provenance."""
+        text = (f"prmlab sandbox: {self.mode}; writes {'confined' if self.writes_confined else 'NOT confined'}; "
+                f"network {self.network}; signals {'confined' if self.signals_confined else 'NOT confined'}; "
+                f"leftovers by {self.processes}; verdict in a separate process")
+        return text + (f"; missing: {', '.join(self.missing)}" if self.missing else "")
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(asdict(self), missing=list(self.missing), complete=self.complete)
+
+
+def from_flags(flags: dict[str, Any]) -> Protections:
+    """Guarantees and missing pieces from a worker's flags."""
+    f = lambda k: bool(flags.get(k))  # noqa: E731
+    ns = f("pid_namespace")
+    writes = (f("mount_namespace") and f("read_only_root")) or f("landlock_fs")
+    network = "blocked" if f("network_namespace") else "TCP blocked" if f("landlock_net") else "open"
+    signals = ns or f("landlock_scope") or f("uid_isolation")
+    processes = "PID namespace" if ns else "sandbox uid" if f("uid_isolation") else "descendant walk"
+    missing = []
+    if not writes:
+        missing.append("write confinement (no mount namespace, no Landlock)")
+    if network != "blocked":
+        missing.append("network isolation (no network namespace" + ("; only TCP is blocked)" if network != "open" else ")"))
+    if not signals:
+        missing.append("signal confinement (no PID namespace, no Landlock ABI 6)")
+    if not ns:
+        missing.append("PID namespace (your processes are visible in /proc; leftovers are hunted by "
+                       + ("uid)" if f("uid_isolation") else "walking /proc, which races with forks)"))
+    if flags.get("as_root") and not f("uid_isolation"):
+        missing.append("per-worker uid (programs run as root)")
+    who = "root" if flags.get("as_root") else "unprivileged"
+    how = "namespaces" if ns else "Landlock only" if f("landlock_fs") else "no kernel isolation"
+    return Protections(mode=f"{who} with {how}", writes_confined=writes, network=network, signals_confined=signals,
+                       processes=processes, processes_hidden=ns, missing=tuple(missing), flags=dict(flags))
+
+
+def unavailable(reason: str) -> Protections:
+    return Protections(mode="unavailable", writes_confined=False, network="open", signals_confined=False,
+                       processes="none", processes_hidden=False, missing=(f"a working sandbox worker ({reason})",))
+
+
+def worker_env() -> dict[str, str]:
+    """The minimal environment of a worker (none of the caller's variables but the sandbox's own)."""
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+    for name in ("PRMLAB_SANDBOX_TMP", "PRMLAB_SANDBOX_DISABLE"):
+        if os.environ.get(name):
+            env[name] = os.environ[name]
+    return env
+
+
+def protections(refresh: bool = False) -> Protections:
+    """What a sandbox worker gets on this machine now: starts one probe worker (cached per process, uid and
+    sandbox environment variables)."""
+    key = (os.geteuid(), tuple(sorted(worker_env().items())))
+    if key in _cache and not refresh:
+        return _cache[key]
+    try:
+        out = subprocess.run([sys.executable, "-I", "-S", "-B", str(WORKER_PATH), "--probe"], capture_output=True,
+                             env=worker_env(), timeout=60, cwd="/", stdin=subprocess.DEVNULL, check=False)
+        hello = json.loads(out.stdout.decode().splitlines()[0])
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError) as e:
+        return unavailable(f"{type(e).__name__}: {e}"[:200])
+    result = from_flags(hello["protections"])
+    _cache[key] = result
+    return result
+
+
+def strict_requested(strict: bool | None) -> bool:
+    return bool(strict) if strict is not None else os.environ.get(STRICT_ENV, "") not in ("", "0")
+
+
+def announce(p: Protections, strict: bool) -> None:
+    """Log the line; warn about what is missing, or refuse in strict mode."""
+    log.info(p.line())
+    if p.missing and strict:
+        raise SandboxUnavailable(f"strict sandbox mode ({STRICT_ENV}=1 or strict=True) and this machine lacks: "
+                                 + "; ".join(p.missing) + ". See docs/safety.md.")
+    if p.missing:
+        import warnings
+
+        warnings.warn(f"prmlab sandbox runs without: {'; '.join(p.missing)} (mode: {p.mode}); see docs/safety.md, "
+                      f"or set {STRICT_ENV}=1 to refuse instead.", stacklevel=3)

@@ -1,0 +1,2 @@
+def self_test(): pass
+class SelfTestReport: pass
