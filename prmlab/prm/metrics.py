@@ -12,12 +12,23 @@ returns plain numbers, so it is testable by hand.
     calibration_curve    per score bin: mean score, mean label, share of +1 lines
     mse                  mean squared error (neutral lines included or not)
     length_baseline      the length-only baseline score -(position / T) of every line
+
+Within and across responses (issue 16; the baselines that see what the PRM sees are in :mod:`prmlab.prm.baselines`):
+
+    within_response_terms    (U, P) of one response: line pairs (+1, -1) of the same response the score orders right
+    first_error, predicted_first_error, localised    the labelled vs the predicted first error of one response
+    response_score           a response's score: min or last non-neutral line score
+    response_table, RESPONSE_METRICS, within_across  per-response quantities and the metrics over them
+    bootstrap_interval       a seeded percentile interval over resampled responses
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
 
 from prmlab.records import LineScores
 
@@ -168,3 +179,187 @@ def evaluate(records: Sequence[LineScores], n_bins: int = 10) -> dict[str, float
             "accuracy": line_accuracy(scores, labels), "mse": mse(scores, labels),
             "mse_non_neutral": mse(scores, labels, include_neutral=False),
             "ece": expected_calibration_error(curve), "n_lines": len(scores), "n_responses": len(records)}
+
+
+# ------------------------------------------------------------------------------ within and across responses
+
+
+def non_neutral(scores: Sequence[float], labels: Sequence[float]) -> tuple[list[float], list[float]]:
+    """The scores and labels of the lines whose label is not 0 (comment/blank lines dropped), in order."""
+    _check_same_length(scores, labels)
+    kept = [(s, y) for s, y in zip(scores, labels) if y != 0]
+    return [s for s, _ in kept], [y for _, y in kept]
+
+
+def within_response_terms(scores: Sequence[float], labels: Sequence[float]) -> tuple[float, int]:
+    """``(U, P)`` of one response: its line pairs of a +1 line i and a -1 line j, neutral lines dropped.
+
+        U = sum_{i: y_i > 0} sum_{j: y_j < 0} [s_i > s_j] + 0.5 [s_i = s_j]      P = n+ n-
+
+    U / P is the response's within-response AUC (undefined when P = 0: the response has one kind of line only).
+    """
+    s, y = non_neutral(scores, labels)
+    pos = [a for a, b in zip(s, y) if b > 0]  # s_i of +1 lines
+    neg = [a for a, b in zip(s, y) if b < 0]  # s_j of -1 lines
+    u = sum((a > b) + 0.5 * (a == b) for a in pos for b in neg)
+    return float(u), len(pos) * len(neg)
+
+
+def first_error(labels: Sequence[float]) -> int | None:
+    """Index, among the non-neutral lines, of the first -1 line (the labelled first error); None if there is none."""
+    y = [v for v in labels if v != 0]
+    return next((i for i, v in enumerate(y) if v < 0), None)
+
+
+def predicted_first_error(scores: Sequence[float], labels: Sequence[float], threshold: float = 0.0) -> int | None:
+    """Index, among the non-neutral lines, of the first line scored below ``threshold``; None if there is none.
+
+    Neutral lines are skipped as the labels skip them (comment/blank is syntax, known without the oracle).
+    """
+    s, _ = non_neutral(scores, labels)
+    return next((i for i, v in enumerate(s) if v < threshold), None)
+
+
+def localised(scores: Sequence[float], labels: Sequence[float], threshold: float = 0.0,
+              tolerance: int = 0) -> bool | None:
+    """Is the predicted first error within ``tolerance`` lines of the labelled one: |m_hat - m*| <= tolerance?
+
+    m* = :func:`first_error`, m_hat = :func:`predicted_first_error` (indices among non-neutral lines). None when
+    the response has no labelled error (it passes); False when it has one but no line is scored below threshold.
+    """
+    m_star = first_error(labels)
+    if m_star is None:
+        return None
+    m_hat = predicted_first_error(scores, labels, threshold)
+    return m_hat is not None and abs(m_hat - m_star) <= tolerance
+
+
+def response_score(scores: Sequence[float], labels: Sequence[float], how: str = "min") -> float:
+    """A response's score from its non-neutral lines (as in the evaluation stage's reranker).
+
+        how = "min":  s(y) = min_m s_m        how = "last":  s(y) = s_{m*}, m* the last non-neutral line
+
+    ``nan`` when every line is neutral.
+    """
+    if how not in ("min", "last"):
+        raise ValueError(f"how must be 'min' or 'last', got {how!r}")
+    s, _ = non_neutral(scores, labels)
+    if not s:
+        return float("nan")
+    return float(min(s)) if how == "min" else float(s[-1])
+
+
+@dataclass(frozen=True)
+class ResponseTable:
+    """Per-response quantities of scored, labelled responses, as arrays (one entry per response)."""
+
+    u: np.ndarray  # within-response U
+    p: np.ndarray  # within-response pairs n+ n-
+    hit0: np.ndarray  # localised exactly (nan when the response passes)
+    hit1: np.ndarray  # localised within one line (nan when the response passes)
+    score_min: np.ndarray  # min non-neutral line score
+    score_last: np.ndarray  # last non-neutral line score
+    passed: np.ndarray  # category == "correct"
+    line_scores: list[np.ndarray]  # non-neutral line scores of each response
+    line_positive: list[np.ndarray]  # their labels > 0
+
+
+def response_table(records: Sequence[LineScores], threshold: float = 0.0) -> ResponseTable:
+    """The :class:`ResponseTable` of records with labels; a response passes when ``meta["category"]`` is correct,
+    or, without a category, when it has no -1 line."""
+    u, p, h0, h1, smin, slast, passed, ls, lp = ([] for _ in range(9))
+    for r in records:
+        if r.labels is None:
+            raise ValueError(f"LineScores {r.response_id!r} has no labels to evaluate against")
+        a, b = within_response_terms(r.scores, r.labels)
+        u.append(a)
+        p.append(b)
+        for out, tol in ((h0, 0), (h1, 1)):
+            hit = localised(r.scores, r.labels, threshold, tol)
+            out.append(float("nan") if hit is None else float(hit))
+        smin.append(response_score(r.scores, r.labels, "min"))
+        slast.append(response_score(r.scores, r.labels, "last"))
+        cat = r.meta.get("category")
+        passed.append(cat == "correct" if cat is not None else first_error(r.labels) is None)
+        s, y = non_neutral(r.scores, r.labels)
+        ls.append(np.asarray(s, dtype=float))
+        lp.append(np.asarray(y, dtype=float) > 0)
+    f = lambda x: np.asarray(x, dtype=float)  # noqa: E731
+    return ResponseTable(f(u), f(p), f(h0), f(h1), f(smin), f(slast), np.asarray(passed, dtype=bool), ls, lp)
+
+
+def _auc_np(scores: np.ndarray, positive: np.ndarray) -> float:
+    """:func:`roc_auc` in numpy: (sum of positive average ranks - n+ (n+ + 1) / 2) / (n+ n-)."""
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    _, inv, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    avg_rank = np.cumsum(counts) - (counts - 1) / 2  # average 1-based rank of each distinct score
+    return float((avg_rank[inv][positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> float:
+    return float(num.sum() / den.sum()) if den.sum() > 0 else float("nan")
+
+
+def _nanmean(x: np.ndarray) -> float:
+    x = x[~np.isnan(x)]
+    return float(x.mean()) if len(x) else float("nan")
+
+
+def _within_mean(t: ResponseTable, i: np.ndarray) -> float:
+    both = t.p[i] > 0
+    return float((t.u[i][both] / t.p[i][both]).mean()) if both.any() else float("nan")
+
+
+def _within_only(x: np.ndarray, t: ResponseTable, i: np.ndarray) -> float:
+    return _nanmean(x[i][t.p[i] > 0])
+
+
+RESPONSE_METRICS: dict[str, Callable[[ResponseTable, np.ndarray], float]] = {
+    # within responses (only responses with both kinds of line count)
+    "within_auc": lambda t, i: _ratio(t.u[i], t.p[i]),  # sum_r U_r / sum_r P_r (pairs pooled)
+    "within_auc_mean": _within_mean,  # (1/R) sum_r U_r / P_r (each response weighs the same)
+    "loc_exact": lambda t, i: _within_only(t.hit0, t, i),  # m_hat = m*
+    "loc_within1": lambda t, i: _within_only(t.hit1, t, i),  # |m_hat - m*| <= 1
+    # every failing response (Wrong from line 1 included) and across responses
+    "loc_exact_failing": lambda t, i: _nanmean(t.hit0[i]),
+    "across_auc_min": lambda t, i: _auc_np(t.score_min[i], t.passed[i]),  # passes vs min line score
+    "across_auc_last": lambda t, i: _auc_np(t.score_last[i], t.passed[i]),  # passes vs last line score
+    "auc": lambda t, i: _auc_np(np.concatenate([t.line_scores[k] for k in i]),
+                                np.concatenate([t.line_positive[k] for k in i])),  # pooled first_error_auc
+}
+
+
+def bootstrap_interval(stat: Callable[[np.ndarray], float], n: int, n_boot: int = 1000, level: float = 0.95,
+                       seed: int = 0) -> tuple[float, float]:
+    """Percentile interval of ``stat`` over resampled responses (with replacement).
+
+        I_b ~ Uniform{0..n-1}^n,  b = 1..B;   [lo, hi] = [q_{(1-level)/2}, q_{(1+level)/2}] of {stat(I_b)}
+
+    Seeded (``numpy.random.default_rng(seed)``): the same seed gives the same resamples, so two statistics bootstrapped
+    with one seed are paired (use it for differences). Resamples where ``stat`` is nan are dropped.
+    """
+    rng = np.random.default_rng(seed)
+    vals = np.array([stat(rng.integers(0, n, n)) for _ in range(n_boot)]) if n else np.array([])
+    vals = vals[~np.isnan(vals)]
+    if not len(vals):
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(vals, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def within_across(records: Sequence[LineScores], threshold: float = 0.0, n_boot: int = 1000,
+                  seed: int = 0) -> dict[str, float]:
+    """Every :data:`RESPONSE_METRICS` entry with its bootstrap interval over responses (``<name>_lo``, ``_hi``),
+    and the counts ``n_responses``, ``n_both`` (responses with both kinds of line), ``n_failing``, ``n_passed``."""
+    t = response_table(records, threshold)
+    n = len(t.p)
+    out: dict[str, float] = {}
+    for name, fn in RESPONSE_METRICS.items():
+        out[name] = fn(t, np.arange(n)) if n else float("nan")
+        out[f"{name}_lo"], out[f"{name}_hi"] = bootstrap_interval(lambda i: fn(t, i), n, n_boot, seed=seed)
+    out.update(n_responses=n, n_both=int((t.p > 0).sum()), n_failing=int((~np.isnan(t.hit0)).sum()),
+               n_passed=int(t.passed.sum()))
+    return out

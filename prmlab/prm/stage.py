@@ -22,6 +22,7 @@ from prmlab.errors import MissingArtifact, NotEnoughData
 from prmlab.models import use_adapter
 from prmlab.prm.data import batches, collate, select_data, split_by_task, task_pass_rates
 from prmlab.prm.data import Example
+from prmlab.prm.baselines import quality
 from prmlab.prm.metrics import evaluate
 from prmlab.prm.model import PRM, new_prm, prm_loss, raw_to_score, save_prm
 from prmlab.labels.stage import run_labeling
@@ -154,7 +155,10 @@ def train_prm(labels: Sequence[LineLabels], cfg: PRMConfig, model_cfg: ModelConf
             break
     _restore(prm, best[2])
     val_metrics = evaluate(prm.score_labels(val, cfg.batch_size))
-    test_metrics = evaluate(prm.score_labels(test, cfg.batch_size)) if test else {}
+    test_scores = prm.score_labels(test, cfg.batch_size) if test else []
+    test_metrics = evaluate(test_scores) if test else {}
+    if test:  # within/across responses, beside the baselines fitted on the training split (issue 16)
+        test_metrics.update(quality(test_scores, train, test, seed=cfg.seed))
     result = PRMTrainResult(str(out_dir), best[1], len(history), best[0], val_metrics, test_metrics, len(train),
                             len(val), len(test), cfg.data_selection, history, prm)
     (out_dir / "result.json").write_text(json.dumps(_result_json(result), indent=2) + "\n", encoding="utf-8")
