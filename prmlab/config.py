@@ -263,6 +263,88 @@ class PRMConfig:
 
 
 @dataclass(frozen=True)
+class RLConfig:
+    """LoRA-PPO on the ``policy`` adapter (:mod:`prmlab.rl`); the variants of ``run_rl`` override the switches.
+
+    Training prompt mix (tiny preset): the toy-coder passes about 55% of 2-3-line tasks, 11% of 4-7 and 0.3% of 8+,
+    so PPO gets rewards only where it passes sometimes; the default mix is the training tasks of 2-7 lines (about a
+    quarter of the samples pass at the start), and the held-out evaluation still covers every length.
+    """
+
+    iterations: int = 30
+    """PPO iterations (rollout -> update) of a run. The tiny preset's 30 take a few minutes on 2 CPU cores. [I]"""
+    prompts_per_iteration: int = 16
+    """Training prompts sampled (without replacement, seeded per iteration) for one rollout. [I]"""
+    samples_per_prompt: int = 2
+    """Responses per prompt in a rollout (batch = prompts_per_iteration * samples_per_prompt). [I]"""
+    min_lines: int = 2
+    """Prompt mix: shortest reference solution (lines) of a training prompt. [I]"""
+    max_lines: int = 7
+    """Prompt mix: longest reference solution (lines) of a training prompt; 7 keeps the toy-coder's pass rate
+    around a quarter, 12 would add tasks it almost never solves (no reward reaches them). [I]"""
+    max_new_tokens: int = 96
+    """Longest response in a rollout, in tokens. [I]"""
+    temperature: float = 1.0
+    """Rollout sampling temperature (top-p 1). [I]"""
+    lr: float = 3e-4
+    """AdamW learning rate of the ``policy`` LoRA weights. [I]"""
+    critic_lr: float = 1e-3
+    """AdamW learning rate of the ``critic`` LoRA weights and the value head (a second parameter group). [I]"""
+    ppo_epochs: int = 2
+    """Passes over a rollout's batch per iteration. [I]"""
+    minibatch_size: int = 8
+    """Responses per PPO minibatch (one optimizer step each). [I]"""
+    clip: float = 0.2
+    """PPO ratio clip epsilon. [I]"""
+    value_clip: float = 0.2
+    """Clip of the value update around the rollout's values. [I]"""
+    max_grad_norm: float = 1.0
+    """Gradient-norm clip of each parameter group. [I]"""
+    gamma: float = 1.0
+    """Discount of GAE (1: the episode is one response). [I]"""
+    gae_lambda: float = 0.95
+    """GAE lambda. [I]"""
+    whiten_advantages: bool = True
+    """Whiten the advantages over the batch's response tokens. [I]"""
+    kl_beta: float = 0.05
+    """Weight beta of the per-token KL penalty to the reference (the base model, adapters disabled). [I]"""
+    kl_estimator: str = "k1"
+    """Per-token KL estimator of the penalty: ``k1`` (log p - log q) or ``k3``. [I]"""
+    dense: bool = False
+    """Add the PRM's line rewards at line ends (the paper's dense reward). [P]"""
+    value_init: bool = False
+    """Initialise the critic (adapter and head) from the trained PRM. [P]"""
+    partial_credit: bool = False
+    """Outcome reward = fraction of tests passed instead of all-pass (the reviewers' extra baseline). [R]"""
+    lambda_pass: float = 0.025
+    """lambda of the line rewards of a passing response. [P]"""
+    lambda_fail: float = 0.25
+    """lambda of the line rewards of a failing response. [P]"""
+    length_norm: bool = True
+    """Divide the line rewards by the number of paid lines T (no padding hack). [P]"""
+    neutral_zero: bool = True
+    """Comment and blank lines earn no line reward (no comment-spam hack). [P]"""
+    checkpoint_every: int = 5
+    """Write the resumable checkpoint every this many iterations (and at the end). [I]"""
+    keep_checkpoints: int = 4
+    """Evenly spaced checkpoints kept for labelling (``rl-25`` ... ``rl-100`` with 4), the paper's PRM data. [P]"""
+    seed: int = 0
+    """Seed of prompt choice, sampling and minibatch order. [I]"""
+
+    def __post_init__(self) -> None:
+        c = "RLConfig"
+        _positive(self, "iterations", "prompts_per_iteration", "samples_per_prompt", "max_new_tokens", "lr",
+                  "critic_lr", "ppo_epochs", "minibatch_size", "clip", "value_clip", "max_grad_norm",
+                  "checkpoint_every", "keep_checkpoints")
+        _check(2 <= self.min_lines <= self.max_lines, c, "min_lines", f"must be >= 2 and <= max_lines, got {self.min_lines}")
+        _check(self.temperature > 0, c, "temperature", f"must be > 0 for sampling, got {self.temperature!r}")
+        _unit(self, "gamma", "gae_lambda")
+        _check(self.kl_beta >= 0, c, "kl_beta", f"must be >= 0, got {self.kl_beta!r}")
+        _in(self.kl_estimator, ("k1", "k3"), c, "kl_estimator")
+        _check(self.lambda_pass >= 0 and self.lambda_fail >= 0, c, "lambda_pass", "and lambda_fail must be >= 0")
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole run: one config per stage, a name and a global seed."""
 
@@ -276,6 +358,7 @@ class Config:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     labels: LabelConfig = field(default_factory=LabelConfig)
     prm: PRMConfig = field(default_factory=PRMConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
 
     def __post_init__(self) -> None:
         _check(bool(self.name) and "/" not in self.name, "Config", "name", f"must be a plain name, got {self.name!r}")
@@ -337,6 +420,7 @@ def preset(name: str, seed: int = 0) -> Config:
             sampling=SamplingConfig(n_samples=4, temperature=1.0, max_new_tokens=160, batch_size=64, seed=seed),
             labels=LabelConfig(k=8, seed=seed),
             prm=PRMConfig(seed=seed),
+            rl=RLConfig(seed=seed),
         )
     if name == "cpu-real":
         return Config(
@@ -346,6 +430,8 @@ def preset(name: str, seed: int = 0) -> Config:
             sampling=SamplingConfig(n_samples=4, temperature=0.8, max_new_tokens=256, batch_size=8, seed=seed),
             labels=LabelConfig(k=8, max_new_tokens=256, seed=seed),
             prm=PRMConfig(batch_size=4, seed=seed),
+            rl=RLConfig(iterations=40, prompts_per_iteration=8, samples_per_prompt=2, max_lines=12,
+                        max_new_tokens=256, lr=1e-4, minibatch_size=4, seed=seed),
         )
     if name == "gpu":
         return Config(
@@ -356,6 +442,9 @@ def preset(name: str, seed: int = 0) -> Config:
             sampling=SamplingConfig(n_samples=8, temperature=1.0, max_new_tokens=512, batch_size=32, seed=seed),
             labels=LabelConfig(k=20, max_new_tokens=512, seed=seed),
             prm=PRMConfig(batch_size=8, lr=2e-4, seed=seed),
+            rl=RLConfig(iterations=200, prompts_per_iteration=32, samples_per_prompt=4, max_lines=12,
+                        max_new_tokens=512, lr=5e-5, critic_lr=2e-4, ppo_epochs=2, minibatch_size=16,
+                        checkpoint_every=10, seed=seed),
         )
     if name == "paper":
         return Config(
@@ -366,6 +455,9 @@ def preset(name: str, seed: int = 0) -> Config:
             sampling=SamplingConfig(n_samples=8, temperature=1.0, max_new_tokens=1024, batch_size=16, seed=seed),
             labels=LabelConfig(k=20, max_new_tokens=1024, policies=("rl-25", "rl-50", "rl-75", "rl-100"), seed=seed),
             prm=PRMConfig(batch_size=8, lr=1e-4, data_selection="revised-only", seed=seed),
+            rl=RLConfig(iterations=400, prompts_per_iteration=64, samples_per_prompt=4, max_lines=1000,
+                        max_new_tokens=1024, lr=1e-5, critic_lr=1e-4, ppo_epochs=1, minibatch_size=16,
+                        checkpoint_every=10, seed=seed),
         )
     raise ConfigError(f"preset name must be one of {PRESETS}, got {name!r}.")
 
