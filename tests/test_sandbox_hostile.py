@@ -1,4 +1,6 @@
-"""Hostile programs: each is contained, reported correctly, leaves no process behind, and the sandbox stays usable.
+"""Hostile programs in this process's mode: each is contained, reported correctly, leaves no process behind, and
+the sandbox stays usable. tests/test_sandbox_modes.py runs the self-test's hostile scenarios in every mode (root and
+unprivileged); this file covers resource limits and exit paths in the caller's own mode.
 
 The toy task checks exact value and type (``type(_out) is int and _out == expected``), as the toy world does.
 """
@@ -14,12 +16,10 @@ from prmlab.config import SandboxConfig
 from prmlab.records import Task
 from prmlab.sandbox import Sandbox
 
-CFG = SandboxConfig(allow_execution=True, timeout_s=1.5, cpu_time_s=1, memory_mb=256, max_processes=16, workers=2)
+CFG = SandboxConfig(allow_execution=True, timeout_s=3.0, cpu_time_s=1, memory_mb=256, max_processes=16, workers=2)
 TASK = Task(task_id="toy/double", prompt="def double(x):\n", entry_point="double",
             tests=tuple(f"_out = double({x})\nassert type(_out) is int and _out == {2 * x}, _out" for x in (1, 4, -3)))
 GOOD = "def double(x):\n    return 2 * x\n"
-ROOT = os.geteuid() == 0
-needs_root = pytest.mark.skipif(not ROOT, reason="uid isolation needs root; see docs/safety.md")
 
 
 @pytest.fixture(scope="module")
@@ -29,27 +29,7 @@ def sb():
         yield s
 
 
-def sandbox_uids(sb: Sandbox) -> set[int]:
-    return {w.hello["uid"] for w in sb._workers if w is not None and w.hello and w.hello["uid"] is not None}
-
-
-def processes_of(uids: set[int]) -> list[int]:
-    """Live (non-zombie) processes whose real uid is one of ``uids``."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            status = Path(f"/proc/{name}/status").read_text()
-        except OSError:
-            continue
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        if int(fields["Uid"].split()[0]) in uids and not fields["State"].strip().startswith("Z"):
-            found.append(int(name))
-    return found
-
-
-def descendants(pid: int) -> set[int]:
+def parents() -> dict[int, int]:
     parent = {}
     for name in os.listdir("/proc"):
         if name.isdigit():
@@ -58,6 +38,10 @@ def descendants(pid: int) -> set[int]:
                 parent[int(name)] = int(stat[stat.rindex(b")") + 2:].split()[1])
             except (OSError, ValueError):
                 pass
+    return parent
+
+
+def descendants(pid: int, parent: dict[int, int]) -> set[int]:
     out, frontier = set(), {pid}
     while frontier:
         frontier = {p for p, pp in parent.items() if pp in frontier} - out
@@ -66,14 +50,13 @@ def descendants(pid: int) -> set[int]:
 
 
 def run_contained(sb: Sandbox, program: str, task: Task = TASK):
-    """Run, then check that nothing but the workers remains and the sandbox still passes a good program."""
-    workers = {w.proc.pid for w in sb._workers if w is not None}
+    """Run, then check that nothing but the workers (each: the started process and the PID 1 it forked) remains,
+    and that the sandbox still passes a good program."""
     result = sb.run(program, task)
-    uids = sandbox_uids(sb)
-    if ROOT:
-        assert uids and not processes_of(uids), "a sandboxed process survived"
-    live_workers = {w.proc.pid for w in sb._workers if w is not None}
-    assert descendants(os.getpid()) - live_workers - workers == set(), "a process survived the call"
+    parent = parents()
+    workers = {w.proc.pid for w in sb._workers if w is not None}
+    serving = {p for p, pp in parent.items() if pp in workers}
+    assert descendants(os.getpid(), parent) - workers - serving == set(), "a process survived the call"
     assert sb.run(GOOD, task).passed, "the sandbox is not usable after the hostile program"
     return result
 
@@ -99,13 +82,15 @@ HOSTILE = {
     "closes fds 0-2, wrong": ("import os\nfor fd in (0, 1, 2):\n    os.close(fd)\n"
                               "def double(x):\n    return x\n", "failed"),
     "closes every fd": ("import os\nos.closerange(0, 1024)\ndef double(x):\n    return 2 * x\n", "crashed"),
-    "forged report without nonce": ("import os\nfor fd in range(3, 10):\n    try:\n        os.write(fd, b'x 1 D\\n')\n"
-                                    "    except OSError:\n        pass\ndef double(x):\n    return x\n", "failed"),
+    "forged report lines on every fd": ("import os\nfor fd in range(3, 10):\n    try:\n        os.write(fd, b'D\\n')\n"
+                                        "    except OSError:\n        pass\ndef double(x):\n    return x\n", "crashed"),
     "always-equal object": ("class Eq(int):\n    def __eq__(self, other):\n        return True\n"
                             "    __hash__ = int.__hash__\ndef double(x):\n    return Eq(0)\n", "failed"),
+    "object with a forged __bool__": ("class T:\n    def __bool__(self):\n        return True\n"
+                                      "def double(x):\n    return T()\n", "failed"),
     "always-equal plus fake type()": ("import builtins\nclass Eq:\n    def __eq__(self, other):\n        return True\n"
                                       "builtins.type = lambda obj: int\ntype = lambda obj: int\n"
-                                      "def double(x):\n    return Eq()\n", "failed"),
+                                      "def double(x):\n    return Eq()\n", ("failed", "crashed")),
 }
 
 
@@ -113,19 +98,18 @@ HOSTILE = {
 def test_hostile_program_is_contained(sb, name):
     program, status = HOSTILE[name]
     r = run_contained(sb, program)
-    assert r.status == status, (name, r)
+    assert r.status in ((status,) if isinstance(status, str) else status), (name, r)
     assert not r.passed and r.n_passed < r.n_tests
     if name in ("memory bomb", "one huge allocation"):
         assert "MemoryError" in r.message
 
 
-@needs_root
 def test_killing_the_parent_fails_and_the_worker_survives(sb):
     pids = [w.proc.pid for w in sb._workers if w is not None]
     program = ("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n"
                "def double(x):\n    return 2 * x\n")
-    r = run_contained(sb, program)
-    assert r.status == "failed" and "PermissionError" in r.message
+    r = run_contained(sb, program)  # PID 1 of its namespace ignores it, or Landlock/uid refuse it
+    assert r.passed or (r.status == "failed" and "PermissionError" in r.message), r
     assert [w.proc.pid for w in sb._workers if w is not None] == pids
 
 
@@ -150,7 +134,6 @@ def test_a_correct_program_that_closes_stdout_passes_on_merit(sb):
     assert r.passed
 
 
-@needs_root
 def test_writing_outside_the_working_directory_fails(sb, tmp_path):
     repo_target = Path(__file__).resolve().parents[1] / "sandbox_escape_probe.txt"
     tmp_target = tmp_path / "escape.txt"
