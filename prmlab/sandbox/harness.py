@@ -5,15 +5,17 @@ Imported by :mod:`prmlab.sandbox.worker`. For every job the worker forks two fre
 * the **program's process** (:func:`program_process`) receives the program's source from the runner, runs it and
   then serves the runner's requests: call this function, read that attribute. It never sees the tests: it is
   forked before the job is read, and the runner sends it only the program.
-* the **test runner** (:func:`runner_process`) reads the job (program, test setup, tests) from its own pipe, runs
-  the setup and each test in a fresh namespace whose program names are handles into the program's process
+* the **test runner** (:func:`runner_loop`, one per worker, replaced after any timeout or leftover process) gets
+  each job (program, test setup, tests) and its end of a fresh channel over its own Unix socket, runs the setup and
+  each test in a fresh namespace whose program names are handles into the program's process
   (:mod:`prmlab.sandbox.wire`), and reports each step on the verdict pipe, which only it holds. It is not dumpable
   (the program cannot ptrace it or open its files through /proc) and, with Landlock ABI 6, outside the program's
   signal scope.
 
 So the verdict comes from code the program cannot reach: replacing builtins, patching modules, walking frames or
 ``gc`` in its own process changes nothing the runner computes. What crosses from the program is plain data only.
-Report lines (runner to worker): ``S`` (ready), ``P ok msg`` (program ran), ``T i ok msg`` (test i), ``D`` (done).
+Report lines (runner to worker): ``S`` (ready), ``P ok msg`` (program ran), ``T i ok msg`` (test i), ``D`` (done),
+``E`` (end of this job's report).
 """
 
 import os
@@ -165,17 +167,40 @@ def program_process(chan, safe_builtins):
 
 
 # --------------------------------------------------------------------------------------------- the test runner
-def runner_process(job, chan, verdict, safe_builtins):
-    """Run the setup and tests against the program's process; report on ``verdict`` (never returns)."""
-    import json
-    import sys
+def runner_loop(ctrl, verdict, safe_builtins):
+    """The long-lived test runner of one worker: per job, read (body length, channel fd) and the body from ``ctrl``
+    (a Unix socket to the worker), run it with :func:`run_job`, and end its report with ``E`` (never returns)."""
+    import socket
 
-    write, exit_, base_exc, compile_, exec_, dict_, str_ = os.write, os._exit, BaseException, compile, exec, dict, str
-    job = json.loads(job)
-    state = {"dead": False}
+    ctrl_sock = socket.socket(fileno=ctrl)
+    write = os.write
 
     def report(*parts):
         write(verdict, (" ".join(parts) + "\n").encode("utf-8", "replace"))
+
+    while True:
+        try:
+            data, fds, _, _ = socket.recv_fds(ctrl_sock, 8, 1)
+            if len(data) < 8 or not fds:
+                os._exit(0)  # the worker closed the control socket
+            body = wire.read_exactly(ctrl, int.from_bytes(data, "big"))
+        except (OSError, wire.ChannelClosed):
+            os._exit(0)
+        try:
+            run_job(body, fds[0], report, safe_builtins)
+        finally:
+            os.close(fds[0])
+        report("E")
+
+
+def run_job(job, chan, report, safe_builtins):
+    """Run the setup and tests of one job against the program's process behind ``chan``; ``report`` each step."""
+    import json
+    import sys
+
+    base_exc, compile_, exec_, dict_, str_ = BaseException, compile, exec, dict, str
+    job = json.loads(job)
+    state = {"dead": False}
 
     rpc = _make_rpc(chan, state, safe_builtins)
     report("S")
@@ -186,10 +211,10 @@ def runner_process(job, chan, verdict, safe_builtins):
         if kind != "ran" or type(names) is not dict or type(modules) is not dict:
             raise wire.ChannelClosed("protocol")
     except base_exc:
-        exit_(0)  # no "P" line: the program's process died or broke the channel before it ran
+        return  # no "P" line: the program's process died or broke the channel before it ran
     if not ok:
         report("P", "0", str_(message)[:MSG_CHARS])
-        _finish(chan, report)
+        return _finish(chan, report)
     report("P", "1", "")
     tns = {k: v for k, v in names.items() if type(k) is str and k.isidentifier() and not k.startswith("__")}
     for k, mod in modules.items():
@@ -204,10 +229,10 @@ def runner_process(job, chan, verdict, safe_builtins):
         exec_(compile_(job["setup"], "<test_setup>", "exec", dont_inherit=True, optimize=0), tns)
     except base_exc as e:
         if state["dead"]:
-            exit_(0)
+            return
         for i in range(len(job["tests"])):
             report("T", str_(i), "0", "test setup raised " + describe(e))
-        _finish(chan, report)
+        return _finish(chan, report)
     for i, test in enumerate(job["tests"]):
         try:
             exec_(compile_(test, f"<test {i}>", "exec", dont_inherit=True, optimize=0), dict_(tns))
@@ -215,7 +240,7 @@ def runner_process(job, chan, verdict, safe_builtins):
         except base_exc as e:
             outcome = ("0", describe(e))
         if state["dead"]:
-            exit_(0)  # the program's process is gone: no verdict for this test, and no "D"
+            return  # the program's process is gone: no verdict for this test, and no "D"
         report("T", str_(i), *outcome)
     _finish(chan, report)
 
@@ -226,7 +251,6 @@ def _finish(chan, report):
     except BaseException:
         pass
     report("D")
-    os._exit(0)
 
 
 def _make_rpc(chan, state, safe_builtins):

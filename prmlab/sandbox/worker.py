@@ -41,6 +41,10 @@ from uids import kill_descendants, kill_uid  # noqa: E402
 del sys.path[0]  # programs must not import prmlab's modules as top-level names
 
 PREFIX = struct.Struct(">II")
+RUNNER_JOBS = 1000
+"""A test runner serves at most this many jobs, then a fresh one is forked (its memory starts clean again)."""
+RUNNER_CPU_S = 3600
+"""RLIMIT_CPU of the long-lived runner (each job's tests are bounded by the job's wall clock)."""
 MAX_REPORT_BYTES = 4 << 20
 """At most this much of the verdict pipe is read."""
 PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 36, 38
@@ -74,7 +78,7 @@ class Worker:
         self.ruleset = isolation.landlock_ruleset(self.libc, self.abi, writable)
         self.protections = isolation.protection_flags(self.ns, self.abi, self.ruleset, self.as_root,
                                                       self.creds is not None)
-        self.counter, self.previous = 0, None
+        self.counter, self.previous, self.runner = 0, None, None
         import builtins
 
         self.safe_builtins = dict(builtins.__dict__)  # what tests see as builtins
@@ -155,6 +159,50 @@ class Worker:
                         shutil.rmtree(entry.path, ignore_errors=True) if entry.is_dir(follow_symlinks=False) \
                             else os.unlink(entry.path)
 
+    # -- the test runner --------------------------------------------------------------------------------------
+    def _runner(self, lim):
+        """The live test runner for these limits (spawned when missing, dead, or after RUNNER_JOBS jobs)."""
+        key = (lim["memory_mb"], lim["nproc"], lim["max_file_mb"])
+        r = self.runner
+        if r is not None and r["key"] == key and r["jobs"] < RUNNER_JOBS:
+            return r
+        self._stop_runner()
+        ctrl, ctrl_t = socket.socketpair()
+        ver_r, ver_w = os.pipe()
+        null = os.open(os.devnull, os.O_WRONLY)
+        pid = os.fork()
+        if pid == 0:
+            self._child((dict(lim, cpu_time_s=RUNNER_CPU_S), self.base, null), [ver_w, ctrl_t.fileno()],
+                        lambda: harness.runner_loop(4, 3, self.safe_builtins), runner=True)
+        for fd in (ver_w, null):
+            os.close(fd)
+        ctrl_t.close()
+        self.runner = {"pid": pid, "ctrl": ctrl, "ver_r": ver_r, "key": key, "jobs": 0, "buf": bytearray()}
+        return self.runner
+
+    def _stop_runner(self, kill=False):
+        r, self.runner = self.runner, None
+        if r is None:
+            return
+        r["ctrl"].close()  # it exits when its control socket closes
+        os.close(r["ver_r"])
+        if kill:
+            _kill_group(r["pid"])
+        os.waitpid(r["pid"], 0)
+
+    def _hand_over(self, lim, body, chan_t):
+        """Give the job's body and the runner's end of the channel to the runner (respawned once if it died)."""
+        for _ in range(2):
+            r = self._runner(lim)
+            try:
+                socket.send_fds(r["ctrl"], [len(body).to_bytes(8, "big")], [chan_t])
+                r["ctrl"].sendall(body)
+                r["jobs"] += 1
+                return r
+            except OSError:
+                self._stop_runner(kill=True)
+        raise RuntimeError("the test runner could not be started")
+
     # -- one job ---------------------------------------------------------------------------------------------
     def run(self, header, reader):
         self.counter += 1
@@ -163,39 +211,49 @@ class Worker:
         if self.creds is not None:
             os.chown(workdir, *self.creds)
         out_r, out_w = os.pipe()
-        ver_r, ver_w = os.pipe()
         chan_p, chan_t = (s.detach() for s in socket.socketpair())
         lim, t0 = header["limits"], time.monotonic()
-        setup = (lim, workdir, out_w)
         pid_p = os.fork()
         if pid_p == 0:
-            self._child(setup, [chan_p], lambda: harness.program_process(3, self.safe_builtins))
-        os.close(chan_p)
-        body = reader.read(header["body_len"])  # only now: the program's process never held the tests
-        pid_t = os.fork()
-        if pid_t == 0:
-            self._child(setup, [ver_w, chan_t], lambda: harness.runner_process(bytes(body), 4, 3, self.safe_builtins),
-                        runner=True)
-        reader.wipe()
-        for fd in (out_w, ver_w, chan_t):
+            self._child((lim, workdir, out_w), [chan_p], lambda: harness.program_process(3, self.safe_builtins))
+        for fd in (chan_p, out_w):
             os.close(fd)
+        body = reader.read(header["body_len"])  # only now: the program's process never held the tests
+        try:
+            runner = self._hand_over(lim, body, chan_t)
+        finally:
+            reader.wipe()
+            os.close(chan_t)
         if self.previous is not None:  # removed while this program runs
             shutil.rmtree(self.previous, ignore_errors=True)
         self.previous = workdir
         try:
-            p, t, timed_out, report, output = self._wait((pid_p, pid_t), ver_r, out_r, lim, t0)
+            p, t, timed_out, report, output = self._wait(pid_p, runner, out_r, lim, t0)
         finally:
-            os.close(ver_r)
             os.close(out_r)
         duration = time.monotonic() - t0
-        survivors = self._reap()
-        clean = self._clean()
+        survivors = self._survivors()
+        clean = True
+        if survivors or timed_out or t is not None:  # kill everything (the runner too: a fresh one comes next)
+            self._stop_runner(kill=True) if self.runner is not None else None
+            clean = self._clean()
         if self.creds is not None:
             os.chown(workdir, 0, 0)  # 0700 root: the next program (same uid) cannot look inside
         self._wipe_tmp()
-        result = verdict.verdict(header, p, t, timed_out, survivors, report, output)
-        result.update(duration_s=duration, cpu_s=sum(u.ru_utime + u.ru_stime for _, u in (p, t) if u))
+        result = verdict.verdict(header, p, t or (0, None), timed_out, survivors, report, output)
+        result.update(duration_s=duration, cpu_s=p[1].ru_utime + p[1].ru_stime if p[1] else 0.0)
         return result, clean
+
+    def _survivors(self):
+        """Reap finished children; True when a process other than the runner is still alive."""
+        self._reap()
+        runner = self.runner["pid"] if self.runner else None
+        try:
+            with open(f"/proc/self/task/{os.getpid()}/children") as f:
+                return any(int(pid) != runner for pid in f.read().split())
+        except OSError:  # no CONFIG_PROC_CHILDREN: assume the worst, the runner is replaced
+            self._stop_runner(kill=True)
+            return self._reap()
 
     def _child(self, setup, keep, main, runner=False):
         """In a forked process: set up (exit 71 on failure), then run ``main`` (never returns)."""
@@ -211,32 +269,26 @@ class Worker:
         finally:
             os._exit(harness.SETUP_FAILED + 2)
 
-    def _wait(self, pids, ver_r, out_r, lim, t0):
-        """Drain both pipes until both processes exit or the wall clock runs out; on timeout kill everything."""
-        pidfds = {}
-        for pid in pids:
-            try:
-                pidfds[os.pidfd_open(pid)] = pid
-            except (AttributeError, OSError):
-                pass
+    def _wait(self, pid_p, runner, out_r, lim, t0):
+        """Drain the output and verdict pipes until the program's process has exited and the runner has ended
+        this job's report (``E``) or died; on timeout kill the program and the runner."""
+        pidfd = os.pidfd_open(pid_p)
+        ver_r, rpid = runner["ver_r"], runner["pid"]
         poller = select.poll()
-        for fd in (ver_r, out_r, *pidfds):
+        for fd in (ver_r, out_r, pidfd):
             poller.register(fd, select.POLLIN)
-        report, output, timed_out, exited = bytearray(), bytearray(), False, {}
+        report, output, timed_out, p, t = runner["buf"], bytearray(), False, None, None
         deadline = t0 + lim["timeout_s"]
         try:
-            while len(exited) < len(pids):
+            while p is None or (_end(report) < 0 and t is None):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     timed_out = True
-                    for pid in pids:
-                        if pid not in exited:
-                            _kill_group(pid)
-                            exited[pid] = os.wait4(pid, 0)[1:]
+                    _kill_group(pid_p)
+                    _kill_group(rpid)
                     break
-                wait_ms = left * 1000 if len(pidfds) == len(pids) else min(left * 1000, 2)
-                for fd, _ in poller.poll(max(1, int(wait_ms))):
-                    if fd in pidfds:
+                for fd, _ in poller.poll(max(1, int(left * 1000))):
+                    if fd == pidfd:
                         poller.unregister(fd)
                         continue
                     data = os.read(fd, 1 << 16)
@@ -246,18 +298,27 @@ class Worker:
                         report += data
                     elif fd == out_r and len(output) < lim["max_output_bytes"]:
                         output += data[: lim["max_output_bytes"] - len(output)]
-                for pid in pids:
-                    if pid not in exited:
-                        done = os.wait4(pid, os.WNOHANG)
-                        if done[0] != 0:
-                            exited[pid] = done[1:]
+                p = p or _collect(pid_p)
+                t = t or _collect(rpid)
         finally:
-            for fd in pidfds:
-                os.close(fd)
-        report += _drain(ver_r, MAX_REPORT_BYTES - len(report))
-        return exited[pids[0]], exited[pids[1]], timed_out, bytes(report), bytes(output)
+            os.close(pidfd)
+        if timed_out:
+            p, t = p or os.wait4(pid_p, 0)[1:], t or os.wait4(rpid, 0)[1:]
+        if t is not None:
+            self._forget_runner()
+        end = _end(report)
+        runner["buf"] = bytearray()
+        return p, t, timed_out, bytes(report[:end] if end >= 0 else report), bytes(output)
+
+    def _forget_runner(self):
+        """The runner died (and was reaped): drop its handle."""
+        if self.runner is not None:
+            self.runner["ctrl"].close()
+            os.close(self.runner["ver_r"])
+            self.runner = None
 
     def close(self):
+        self._stop_runner()
         self._clean()
         if self.tmpfs:
             self.libc.umount2(self.base.encode(), 2)  # MNT_DETACH
@@ -274,18 +335,18 @@ def _kill_group(pid):
             pass
 
 
-def _drain(fd, limit):
-    os.set_blocking(fd, False)
-    out = bytearray()
-    try:
-        while len(out) < limit:
-            data = os.read(fd, 1 << 16)
-            if not data:
-                break
-            out += data
-    except BlockingIOError:
-        pass
-    return bytes(out)
+def _end(report):
+    """Offset of the runner's ``E`` line (end of this job's report), or -1."""
+    if report.startswith(b"E\n"):
+        return 0
+    i = report.find(b"\nE\n")
+    return i + 1 if i >= 0 else -1
+
+
+def _collect(pid):
+    """``(wait status, rusage)`` of an exited child, or None while it runs."""
+    done = os.wait4(pid, os.WNOHANG)
+    return done[1:] if done[0] else None
 
 
 class Reader:
