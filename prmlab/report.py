@@ -39,6 +39,29 @@ def report_rows(labels: list[LineLabels], cost: dict | None, prm: dict | None) -
                  ("length-only baseline AUC", f"{t.get('baseline_auc', float('nan')):.3f}"),
                  ("PRM per-line sign accuracy", f"{t.get('accuracy', float('nan')):.3f}"),
                  ("PRM MSE", f"{t.get('mse', float('nan')):.3f}")]
+        nan = float("nan")
+
+        def with_ci(key: str) -> str:  # value [lo, hi] of a within/across metric (issue 16)
+            return f"{t.get(key, nan):.3f} [{t.get(key + '_lo', nan):.2f}, {t.get(key + '_hi', nan):.2f}]"
+
+        def best(metric: str) -> str:  # the best baseline that sees what the PRM sees, and the PRM's margin over it
+            name = t.get(f"best_baseline:{metric}")
+            if name is None:
+                return "n/a"
+            return (f"{name} {with_ci(f'{name}:{metric}')}; PRM - best {t.get(f'margin:{metric}', nan):+.3f} "
+                    f"[{t.get(f'margin:{metric}_lo', nan):+.2f}, {t.get(f'margin:{metric}_hi', nan):+.2f}]")
+
+        if "within_auc" in t:
+            rows += [("best baseline, pooled first-error AUC", best("auc")),
+                     (f"PRM within-response AUC ({t.get('n_both', 0)} held-out responses with both kinds of line)",
+                     with_ci("within_auc")),
+                     ("best baseline, within-response AUC", best("within_auc")),
+                     ("PRM first-error localisation, exact", with_ci("loc_exact")),
+                     ("best baseline, localisation exact", best("loc_exact")),
+                     ("PRM first-error localisation, within one line", with_ci("loc_within1")),
+                     ("best baseline, localisation within one line", best("loc_within1")),
+                     ("PRM across-response AUC (min line score vs passing)", with_ci("across_auc_min")),
+                     ("best baseline, across-response AUC", best("across_auc_min"))]
     return rows
 
 

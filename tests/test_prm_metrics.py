@@ -175,3 +175,17 @@ def test_compare_names_the_best_baseline_and_the_paired_margin():
     assert out["margin:loc_exact_lo"] <= out["margin:loc_exact"] <= out["margin:loc_exact_hi"]
     with pytest.raises(ValueError):
         compare(prm[::-1], base, n_boot=5)
+
+
+def test_report_rows_show_within_localisation_and_the_best_baseline():
+    from prmlab.report import report_rows
+
+    base = fit_baselines(TRAIN, TEST)
+    prm = [_scored("a", [0.9, 0.8, 0.7], [1, 1, 1], "correct"), _scored("b", [-0.9] * 4, [-1] * 4, "wrong"),
+           _scored("c", [0.9, 0.8, 0.5, -0.6], [1, 1, -1, -1], "revised")]
+    rows = dict(report_rows([], None, {"test_metrics": compare(prm, base, n_boot=20)}))
+    assert rows["PRM within-response AUC (1 held-out responses with both kinds of line)"].startswith("1.000 [")
+    assert rows["PRM first-error localisation, exact"].startswith("0.000 [")
+    assert rows["best baseline, within-response AUC"].startswith(("position 1.000", "fitted 1.000"))
+    assert "PRM - best +0.000" in rows["best baseline, within-response AUC"]
+    assert "PRM within-response AUC" not in " ".join(dict(report_rows([], None, {"test_metrics": {"auc": 0.9}})))
