@@ -172,12 +172,12 @@ class Sandbox:
     """
 
     def __init__(self, cfg: SandboxConfig, cache_dir: str | os.PathLike | None = None, strict: bool | None = None):
-        """``strict`` (default: ``cfg.strict`` if the config has it, else ``PRMLAB_SANDBOX_STRICT=1``) refuses to
+        """``strict`` (default: ``cfg.strict`` if the config has it, or ``PRMLAB_SANDBOX_STRICT=1``) refuses to
         run without every protection (:class:`~prmlab.sandbox.protections.SandboxUnavailable`)."""
         require_allowed(cfg)
         if not sys.platform.startswith("linux"):
             raise RuntimeError("prmlab's sandbox needs Linux (fork, prctl, pidfd); see docs/safety.md.")
-        self.strict = strict_requested(strict if strict is not None else getattr(cfg, "strict", None))
+        self.strict = strict if strict is not None else (getattr(cfg, "strict", False) or strict_requested(None))
         self.protections: Protections = protections()
         """What is in force for this Sandbox's programs (see :meth:`provenance`)."""
         announce(self.protections, self.strict)
