@@ -4,6 +4,7 @@
     prmlab label      --preset tiny --allow-execution   sample responses, execute them, binary-search line labels
     prmlab train-prm  --preset tiny                 train the PRM on runs/<name>/labels.jsonl
     prmlab report     --preset tiny                 runs/<name>/report.md and figures/ for the stages that ran
+    prmlab doctor                                   the sandbox's protections on this machine and its self-test
     prmlab pipeline   --preset tiny --allow-execution   every stage above, in order
 
 Every command takes ``--preset``, ``--seed``, ``--run-dir`` (default ``runs/<preset>``) and repeated
@@ -77,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("train-prm", parents=[common], help="train the process reward model on the labels")
     sub.add_parser("report", parents=[common], help="write report.md and figures for the stages that ran")
     sub.add_parser("pipeline", parents=[common, execution], help="run every stage in order, then the report")
+    sub.add_parser("doctor", parents=[common], help="which sandbox protections this machine gives, and a self-test")
     return parser
 
 
@@ -106,6 +108,16 @@ def _report(run_dir: Path, preset_name: str) -> None:
     print(f"[report] written to {path} (figures in {run_dir / 'figures'})")
 
 
+def _doctor() -> int:
+    """Print the sandbox's protections on this machine and run its self-test (known-answer, hostile and forgery
+    programs checked from outside); exit status 1 when a scenario fails."""
+    from prmlab.sandbox import self_test
+
+    report = self_test()  # its text starts with the protections line
+    print(report)
+    return 0 if report.ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; a :class:`~prmlab.errors.PrmlabError` becomes one line on stderr and its exit code."""
     args = _parser().parse_args(argv)
@@ -125,6 +137,8 @@ def _run(args: argparse.Namespace) -> int:
     run_dir = args.run_dir or Path("runs") / cfg.name
     if args.command == "config":
         print(json.dumps(cfg.to_dict(), indent=2))
+    elif args.command == "doctor":
+        return _doctor()
     elif args.command == "label":
         _label(cfg, run_dir, args.allow_execution)
     elif args.command == "train-prm":

@@ -142,6 +142,9 @@ class SandboxConfig:
     """Programs run concurrently by batch execution; 0 means one per CPU core. [I]"""
     cache: bool = True
     """Memoise results on disk by a hash of (program, tests, limits). [I]"""
+    strict: bool = False
+    """Refuse to run unless every sandbox protection is active (docs/safety.md); PRMLAB_SANDBOX_STRICT=1 does the
+    same. [I]"""
 
     def __post_init__(self) -> None:
         _positive(self, "timeout_s", "cpu_time_s", "memory_mb", "max_processes", "max_file_mb", "max_output_bytes")

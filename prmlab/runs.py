@@ -97,6 +97,12 @@ def init_run_dir(path: str | os.PathLike, config: Any, seed: int) -> Path:
     return path
 
 
+def record_sandbox(path: str | os.PathLike, info: dict[str, Any]) -> None:
+    """Write the sandbox's protections and limits in force (``Sandbox.provenance()``) to ``<path>/sandbox.json``, so
+    a run says what its programs could and could not do."""
+    Path(path, "sandbox.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
 def _diff_keys(a: dict, b: dict, prefix: str = "") -> set[str]:
     keys = set()
     for k in set(a) | set(b):

@@ -20,7 +20,7 @@ PKG = ROOT / "prmlab"
 #   2 the one sampler
 #   3..6 the stages, in pipeline order: each may use the earlier ones through their public functions
 #   7 the toy-coder's own training and evaluation (uses the sampler, the sandbox and the evaluation stage)
-#   8 entry points: the run report, the command line, test helpers
+#   8 entry points: the run report, the command line, notebook helpers, test helpers
 LAYERS: list[tuple[str, ...]] = [
     ("prmlab", "prmlab.config", "prmlab.records", "prmlab.lines", "prmlab.runs", "prmlab.errors", "prmlab.offline"),
     ("prmlab.tasks", "prmlab.models", "prmlab.sandbox", "prmlab.plots"),
@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("prmlab.rl",),
     ("prmlab.evaluation",),
     ("prmlab.toycoder",),
-    ("prmlab.report", "prmlab.cli", "prmlab.testing", "prmlab.explorer"),
+    ("prmlab.report", "prmlab.cli", "prmlab.testing", "prmlab.explorer", "prmlab.notebook"),
 ]
 
 

@@ -25,7 +25,7 @@ from prmlab.labels.driver import (Complete, LabelingResult, RunMany, LabelItem, 
                                   label_responses, prefix_text, response_lines, run_oracles)
 from prmlab.labels.search import BestOfK
 from prmlab.records import Response, Task, read_jsonl, repair_tail, write_jsonl
-from prmlab.runs import init_run_dir
+from prmlab.runs import init_run_dir, record_sandbox
 from prmlab.tasks import load_tasks
 
 
@@ -103,6 +103,7 @@ def run_labeling(cfg: Config, run_dir: str | Path, allow_execution: bool = False
                                                 progress=progress)
         completers[policy] = make_completer(pm, tokenizer, cfg)
     with Sandbox(sandbox_cfg, cache_dir=run_dir / "exec_cache") as sandbox:
+        record_sandbox(run_dir, sandbox.provenance())
         return label_responses(responses, {t.task_id: t for t in tasks}, cfg.labels, run_dir / "labels.jsonl",
                                completers, sandbox.run_many, progress=progress)
 
