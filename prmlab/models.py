@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from prmlab.config import ModelConfig
-from prmlab.errors import NotAvailable
+from prmlab.errors import MissingArtifact, NotAvailable
 from prmlab.offline import OFFLINE_PRESETS, hub_reachable
 
 # bitsandbytes (imported by peft) warns on import, on CPUs with avx512_bf16, that an optional 4-bit kernel could not
@@ -234,6 +234,46 @@ def use_adapter(model, name: str) -> Iterator[None]:
         yield
     finally:
         set_trainable_adapter(model, previous)
+
+
+def load_adapter_weights(model, ckpt: str | Path, name: str) -> None:
+    """Load adapter ``name`` saved in a checkpoint directory (peft format, ``ckpt/name/adapter_model.safetensors``)
+    into ``model``'s adapter ``name`` (which must exist, same LoRA shape)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    device = next(model.parameters()).device
+    weights = load_file(Path(ckpt) / name / "adapter_model.safetensors", device=str(device))
+    result = set_peft_model_state_dict(model, weights, adapter_name=name)
+    bad = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
+    if bad:
+        raise ValueError(f"{ckpt}: adapter {name!r} does not fit the model: {bad[:3]}")
+
+
+@contextlib.contextmanager
+def policy_model(model, cfg: ModelConfig, ckpt: str | Path | None) -> Iterator:
+    """Within the block, the model to sample a named policy from: the base for ``ckpt`` None (``model`` itself, with
+    its adapters disabled if it has any), else a peft model whose ``policy`` adapter holds the checkpoint's weights
+    and is active (adapters are added when missing; the previous adapter is active again afterwards).
+
+    A missing checkpoint raises :class:`~prmlab.errors.MissingArtifact` naming the command that makes it.
+    """
+    from peft import PeftModel
+
+    if ckpt is None:
+        with model.disable_adapter() if isinstance(model, PeftModel) else contextlib.nullcontext():
+            yield model
+        return
+    if not (Path(ckpt) / "policy" / "adapter_model.safetensors").exists():
+        raise MissingArtifact(f"No RL policy checkpoint in {ckpt}: train it first (`prmlab rl --variant "
+                              f"<variant> --allow-execution`), or label and evaluate 'base'.")
+    if not isinstance(model, PeftModel):
+        model = add_adapters(model, cfg, ROLES)
+    elif "policy" not in model.peft_config:
+        model.add_adapter("policy", lora_config(cfg))
+    load_adapter_weights(model, ckpt, "policy")
+    with use_adapter(model, "policy"):
+        yield model
 
 
 def copy_adapter(model, source: str, target: str) -> None:

@@ -97,6 +97,18 @@ def init_run_dir(path: str | os.PathLike, config: Any, seed: int) -> Path:
     return path
 
 
+def policy_checkpoint(run_dir: str | os.PathLike, policy: str) -> Path | None:
+    """Where the weights of a named policy live in a run: None for ``"base"`` (the base model itself);
+    ``"rl/<variant>"`` is that RL run's last checkpoint and ``"rl/<variant>/<name>"`` one of its kept ones
+    (``rl-25`` ... ``rl-100``), i.e. ``run_dir/rl/<variant>/checkpoints/<name or last>``."""
+    if policy == "base":
+        return None
+    parts = policy.split("/")
+    if parts[0] != "rl" or len(parts) not in (2, 3) or not all(parts):
+        raise ValueError(f"policy must be 'base', 'rl/<variant>' or 'rl/<variant>/<checkpoint>', got {policy!r}")
+    return Path(run_dir, "rl", parts[1], "checkpoints", parts[2] if len(parts) == 3 else "last")
+
+
 def record_sandbox(path: str | os.PathLike, info: dict[str, Any]) -> None:
     """Write the sandbox's protections and limits in force (``Sandbox.provenance()``) to ``<path>/sandbox.json``, so
     a run says what its programs could and could not do."""

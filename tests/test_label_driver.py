@@ -378,3 +378,57 @@ def test_run_labeling_end_to_end_on_a_tiny_random_model(tmp_path):
     assert {r.method for r in mc} <= {"mc-hard"} and (tmp_path / "run" / "labels_plain_cost.json").exists()
     with pytest.raises(PermissionError, match="allow_execution"):
         relabel_failing(cfg, tmp_path / "run", plain_cfg, "labels_x.jsonl", model=model, tokenizer=tok, tasks=tasks)
+
+
+def test_policy_checkpoint_names():
+    from prmlab.runs import policy_checkpoint
+
+    assert policy_checkpoint("r", "base") is None
+    assert policy_checkpoint("r", "rl/sparse") == Path("r/rl/sparse/checkpoints/last")
+    assert policy_checkpoint("r", "rl/sparse/rl-25") == Path("r/rl/sparse/checkpoints/rl-25")
+    for bad in ("sparse", "rl/", "rl//x", "rl/a/b/c"):
+        with pytest.raises(ValueError, match="policy must be"):
+            policy_checkpoint("r", bad)
+
+
+@pytest.mark.slow
+def test_labelling_samples_an_rl_checkpoint_and_the_base_with_adapters_off(tmp_path):
+    """The paper's PRM data path: labels from an RL checkpoint's policy adapter; 'base' stays the base."""
+    import torch
+
+    from prmlab.config import preset
+    from prmlab.errors import MissingArtifact
+    from prmlab.labels.stage import run_labeling
+    from prmlab.models import ROLES, add_adapters
+    from prmlab.sampling import sample_responses
+    from prmlab.tasks import load_tasks
+    from prmlab.testing import tiny_test_model
+
+    model, tok = tiny_test_model()
+    cfg = preset("tiny").replace(tasks={"n_train": 3, "max_lines": 3},
+                                 sampling={"n_samples": 2, "max_new_tokens": 12, "batch_size": 8},
+                                 labels={"k": 2, "chunk": 1, "max_new_tokens": 12, "group_size": 4,
+                                         "policies": ("base", "rl/sparse/rl-25")})
+    tasks = load_tasks(cfg.tasks, "train")
+    base_alone = sample_responses(model, tok, tasks, cfg.sampling, "completion", progress=False)
+    peft = add_adapters(model, cfg.model, ROLES)
+    with pytest.raises(MissingArtifact, match="prmlab rl"):
+        run_labeling(cfg, tmp_path / "run", allow_execution=True, progress=False, model=peft, tokenizer=tok,
+                     tasks=tasks)
+    with torch.no_grad():  # a "trained" policy: perturb its LoRA B so it differs from the base
+        for name, p in peft.named_parameters():
+            if "lora_B.policy" in name:
+                p.add_(torch.randn_like(p) * 0.5)
+    peft.save_pretrained(tmp_path / "run" / "rl" / "sparse" / "checkpoints" / "rl-25", selected_adapters=["policy"])
+    with torch.no_grad():  # forget it in memory: labelling must load it from the checkpoint
+        for name, p in peft.named_parameters():
+            if "lora_B.policy" in name:
+                p.zero_()
+    run_labeling(cfg, tmp_path / "run", allow_execution=True, progress=False, model=peft, tokenizer=tok, tasks=tasks)
+    resps = read_jsonl(tmp_path / "run" / "responses.jsonl", Response)
+    base = [r.completion for r in resps if r.policy == "base"]
+    rl = [r.completion for r in resps if r.policy == "rl/sparse/rl-25"]
+    assert base == [r.completion for r in base_alone]  # adapters off = the base model
+    assert len(rl) == 6 and rl != base
+    labels = read_jsonl(tmp_path / "run" / "labels.jsonl", LineLabels)
+    assert {r.policy for r in labels} == {"base", "rl/sparse/rl-25"} and len(labels) == 12

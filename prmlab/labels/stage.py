@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from prmlab.config import Config, LabelConfig
-from prmlab.errors import ExecutionNotAllowed
+from prmlab.errors import ExecutionNotAllowed, MissingArtifact
 from prmlab.labels.driver import (Complete, LabelingResult, RunMany, LabelItem, check_seed, default_program,
                                   label_responses, prefix_text, response_lines, run_oracles)
 from prmlab.labels.search import BestOfK
 from prmlab.records import Response, Task, read_jsonl, repair_tail, write_jsonl
-from prmlab.runs import init_run_dir, record_sandbox
+from prmlab.models import policy_model
+from prmlab.runs import init_run_dir, policy_checkpoint, record_sandbox
 from prmlab.tasks import load_tasks
 
 
@@ -69,11 +70,19 @@ def sample_responses_resumable(model, tokenizer, tasks: Sequence[Task], cfg: Con
     return [r for r in read_jsonl(path, Response) if r.policy == policy and r.task_id in wanted]
 
 
-def _policy_model(model, name: str, run_dir: Path):
-    if name == "base":
-        return model
-    raise NotImplementedError(f"labelling policy {name!r} needs an RL checkpoint, which prmlab cannot load yet; "
-                              f"use LabelConfig.policies=('base',) (run dir {run_dir}).")
+def _policy_model(model, cfg: Config, name: str, run_dir: Path):
+    """Context: the model sampling policy ``name``, ``base`` or an RL checkpoint ``rl/<variant>[/<checkpoint>]``
+    (the paper labels samples of 4 evenly spaced checkpoints of the sparse RL run)."""
+    return policy_model(model, cfg.model, policy_checkpoint(run_dir, name))
+
+
+def _check_policies(cfg: Config, run_dir: Path) -> None:
+    for name in cfg.labels.policies:
+        ckpt = policy_checkpoint(run_dir, name)
+        if ckpt is not None and not (ckpt / "policy").is_dir():
+            raise MissingArtifact(f"LabelConfig.policies names {name!r}, but {ckpt} holds no policy: train it first "
+                                  f"(`prmlab rl --preset {cfg.name} --variant {name.split('/')[1]} "
+                                  f"--allow-execution`).")
 
 
 def _execution_guard(cfg: Config, allow_execution: bool):
@@ -93,19 +102,21 @@ def run_labeling(cfg: Config, run_dir: str | Path, allow_execution: bool = False
     from prmlab.sandbox import Sandbox
 
     sandbox_cfg = _execution_guard(cfg, allow_execution)
+    _check_policies(cfg, Path(run_dir))  # before anything is written: a refused run leaves no trace
     run_dir = init_run_dir(run_dir, cfg, cfg.seed)
     tasks = list(tasks) if tasks is not None else load_tasks(cfg.tasks, "train")
     model, tokenizer = _model(cfg, model, tokenizer)
-    responses, completers = [], {}
-    for policy in cfg.labels.policies:
-        pm = _policy_model(model, policy, run_dir)
-        responses += sample_responses_resumable(pm, tokenizer, tasks, cfg, run_dir / "responses.jsonl", policy,
-                                                progress=progress)
-        completers[policy] = make_completer(pm, tokenizer, cfg)
     with Sandbox(sandbox_cfg, cache_dir=run_dir / "exec_cache") as sandbox:
         record_sandbox(run_dir, sandbox.provenance())
-        return label_responses(responses, {t.task_id: t for t in tasks}, cfg.labels, run_dir / "labels.jsonl",
-                               completers, sandbox.run_many, progress=progress)
+        results = []
+        for policy in cfg.labels.policies:  # one policy at a time: its checkpoint is loaded into the policy adapter
+            with _policy_model(model, cfg, policy, run_dir) as pm:
+                responses = sample_responses_resumable(pm, tokenizer, tasks, cfg, run_dir / "responses.jsonl",
+                                                       policy, progress=progress)
+                results.append(label_responses(responses, {t.task_id: t for t in tasks}, cfg.labels,
+                                               run_dir / "labels.jsonl", make_completer(pm, tokenizer, cfg),
+                                               sandbox.run_many, progress=progress))
+    return dataclasses.replace(results[-1], n_new=sum(r.n_new for r in results))
 
 
 def _model(cfg: Config, model, tokenizer):
@@ -136,10 +147,15 @@ def relabel_failing(cfg: Config, run_dir: str | Path, label_cfg: LabelConfig, ou
     responses = responses[:max_responses] if max_responses else responses
     tasks = list(tasks) if tasks is not None else load_tasks(cfg.tasks, "train")
     model, tokenizer = _model(cfg, model, tokenizer)
-    completers = {p: make_completer(_policy_model(model, p, run_dir), tokenizer, cfg) for p in cfg.labels.policies}
+    results = []
     with Sandbox(sandbox_cfg, cache_dir=run_dir / "exec_cache") as sandbox:
-        return label_responses(responses, {t.task_id: t for t in tasks}, label_cfg, run_dir / out_name,
-                               completers, sandbox.run_many, progress=progress)
+        for policy in cfg.labels.policies:
+            with _policy_model(model, cfg, policy, run_dir) as pm:
+                mine = [r for r in responses if r.policy == policy]
+                results.append(label_responses(mine, {t.task_id: t for t in tasks}, label_cfg, run_dir / out_name,
+                                               make_completer(pm, tokenizer, cfg), sandbox.run_many,
+                                               progress=progress))
+    return dataclasses.replace(results[-1], n_new=sum(r.n_new for r in results))
 
 
 def run_mc_comparison(cfg: Config, run_dir: str | Path, allow_execution: bool = False, max_responses: int | None = None,
