@@ -51,6 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="PRM variants trained on the first seed (issue 16's attempts)")
     p.add_argument("--reuse-labels", action="store_true",
                    help="take <run-dir>/labels.jsonl as it is (no labelling, no Monte-Carlo comparison)")
+    p.add_argument("--tables-from", default="", help="print the tables of an earlier run's bench.json and stop")
     p.add_argument("--skip-mc", action="store_true", help="binary-search labels only (no Monte-Carlo comparison)")
     return p.parse_args(argv)
 
@@ -166,8 +167,44 @@ def quality_table(rows: list[dict], where: str = "test") -> str:
     return "\n".join(lines)
 
 
+SEED_METRICS = ("within_auc", "loc_exact", "loc_within1", "loc_exact_failing", "across_auc_min", "auc")
+
+
+def seeds_table(rows: list[dict], selection: str = "full", where: str = "test") -> str:
+    """Markdown: per metric, the PRM, each baseline and PRM - best baseline (paired interval), one column per seed."""
+    runs = [r for r in rows if r["selection"] == selection and "within_auc" in r[where]]
+    head = "| metric | model | " + " | ".join(f"seed {r['seed']}" for r in runs) + " | mean |"
+    lines = [head, "|" + "---|" * (3 + len(runs))]
+    for k in SEED_METRICS:
+        for model in MODELS + ("PRM - best",):
+            cells, vals = [], []
+            for r in runs:
+                m = r[where]
+                if model == "PRM - best":
+                    key, best = f"margin:{k}", f" ({m.get(f'best_baseline:{k}', '-')})"
+                else:
+                    key, best = (k if model == "prm" else f"{model}:{k}"), ""
+                if key not in m:
+                    cells.append("-")
+                    continue
+                vals.append(m[key])
+                cells.append(f"{m[key]:+.3f} [{m[key + '_lo']:+.2f}, {m[key + '_hi']:+.2f}]{best}"
+                             if model == "PRM - best" else f"{m[key]:.3f} [{m[key + '_lo']:.2f}, {m[key + '_hi']:.2f}]")
+            mean = f"{sum(vals) / len(vals):+.3f}" if model == "PRM - best" else f"{sum(vals) / len(vals):.3f}"
+            lines.append(f"| {k} | {model} | " + " | ".join(cells) + f" | {mean if vals else '-'} |")
+    counts = " | ".join(f"{r[where]['n_responses']} / {r[where]['n_both']}" for r in runs)
+    lines.append(f"| responses / with both kinds | | {counts} | |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.tables_from:
+        rows = json.loads(Path(args.tables_from).read_text())["prm"]
+        for where in ("test", "drift"):
+            print(f"\n{where}, full PRM over seeds:\n" + seeds_table(rows, "full", where))
+            print(f"\n{where}, every PRM:\n" + quality_table(rows, where))
+        return
     import torch
 
     from prmlab.models import load_base_model, load_tokenizer
@@ -192,6 +229,7 @@ def main(argv=None) -> None:
               f"{d.get('auc', float('nan')):.3f} | {d.get('baseline_auc', float('nan')):.3f} | "
               f"{d.get('accuracy', float('nan')):.3f} |")
     if out.get("prm"):
+        print("\nheld-out test split, full PRM over seeds:\n" + seeds_table(out["prm"]))
         print("\nheld-out test split, within and across responses:\n" + quality_table(out["prm"]))
         print("\ndrift set:\n" + quality_table(out["prm"], "drift"))
 
