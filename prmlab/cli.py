@@ -3,9 +3,11 @@
     prmlab config     --preset tiny                 print the resolved configuration as JSON
     prmlab label      --preset tiny --allow-execution   sample responses, execute them, binary-search line labels
     prmlab train-prm  --preset tiny                 train the PRM on runs/<name>/labels.jsonl
+    prmlab rl         --preset tiny --variant dense+value-init --allow-execution   PPO -> runs/<name>/rl/<variant>/
+    prmlab eval       --preset tiny --policy rl/sparse --allow-execution   held-out pass@1 -> runs/<name>/eval/
     prmlab report     --preset tiny                 runs/<name>/report.md and figures/ for the stages that ran
     prmlab doctor                                   the sandbox's protections on this machine and its self-test
-    prmlab pipeline   --preset tiny --allow-execution   every stage above, in order
+    prmlab pipeline   --preset tiny --allow-execution   label, PRM, RL (PIPELINE_VARIANTS), evaluation, report
 
 Every command takes ``--preset``, ``--seed``, ``--run-dir`` (default ``runs/<preset>``) and repeated
 ``--set stage.field=value`` overrides (the value is parsed as JSON when it can be, e.g. ``--set labels.k=4``).
@@ -27,6 +29,10 @@ from typing import Any
 
 from prmlab.config import PRESETS, Config, ConfigError, preset
 from prmlab.errors import MissingArtifact, PrmlabError
+from prmlab.rl.stage import VARIANTS
+
+PIPELINE_VARIANTS: tuple[str, ...] = ("sparse", "dense+value-init")
+"""The RL variants the main command trains: the paper's baseline and its best configuration (the study runs all)."""
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
@@ -76,6 +82,11 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("config", parents=[common], help="print the resolved configuration")
     sub.add_parser("label", parents=[common, execution], help="sample, execute and label responses line by line")
     sub.add_parser("train-prm", parents=[common], help="train the process reward model on the labels")
+    rl = sub.add_parser("rl", parents=[common, execution], help="LoRA-PPO of one variant on the run")
+    rl.add_argument("--variant", required=True, choices=tuple(VARIANTS), help="which reward / critic set-up")
+    ev = sub.add_parser("eval", parents=[common, execution], help="held-out pass@1 of a policy")
+    ev.add_argument("--policy", default="base",
+                    help="'base' (default), 'rl/<variant>' (its last checkpoint) or 'rl/<variant>/<checkpoint>'")
     sub.add_parser("report", parents=[common], help="write report.md and figures for the stages that ran")
     sub.add_parser("pipeline", parents=[common, execution], help="run every stage in order, then the report")
     sub.add_parser("doctor", parents=[common], help="which sandbox protections this machine gives, and a self-test")
@@ -94,6 +105,18 @@ def _train_prm(cfg: Config, run_dir: Path) -> None:
 
     result = run_prm(cfg, run_dir)
     print(f"[train-prm] {result}")
+
+
+def _rl(cfg: Config, run_dir: Path, variant: str, allow_execution: bool) -> None:
+    from prmlab.rl.stage import run_rl
+
+    print(f"[rl] {run_rl(cfg, run_dir, variant, allow_execution=allow_execution)}")
+
+
+def _eval(cfg: Config, run_dir: Path, policy: str, allow_execution: bool) -> None:
+    from prmlab.evaluation.stage import run_eval
+
+    print(f"[eval] {run_eval(cfg, run_dir, policy, allow_execution=allow_execution)}")
 
 
 def _report(run_dir: Path, preset_name: str) -> None:
@@ -143,11 +166,19 @@ def _run(args: argparse.Namespace) -> int:
         _label(cfg, run_dir, args.allow_execution)
     elif args.command == "train-prm":
         _train_prm(cfg, run_dir)
+    elif args.command == "rl":
+        _rl(cfg, run_dir, args.variant, args.allow_execution)
+    elif args.command == "eval":
+        _eval(cfg, run_dir, args.policy, args.allow_execution)
     elif args.command == "report":
         _report(run_dir, cfg.name)
     elif args.command == "pipeline":
         _label(cfg, run_dir, args.allow_execution)
         _train_prm(cfg, run_dir)
+        for variant in PIPELINE_VARIANTS:
+            _rl(cfg, run_dir, variant, args.allow_execution)
+        for policy in ("base",) + tuple(f"rl/{v}" for v in PIPELINE_VARIANTS):
+            _eval(cfg, run_dir, policy, args.allow_execution)
         _report(run_dir, cfg.name)
     return 0
 

@@ -348,6 +348,39 @@ class RLConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """Held-out evaluation of a policy (:mod:`prmlab.evaluation.stage`): the paper's pass@1 protocol by default."""
+
+    n_samples: int = 10
+    """Samples per task for pass@1 (and pass@k up to it). The paper's protocol: 10 per problem. [R]"""
+    temperature: float = 0.2
+    """Sampling temperature of the pass@1 samples. The paper's protocol: 0.2. [R]"""
+    top_p: float = 1.0
+    """Nucleus of the pass@1 samples. [I]"""
+    max_new_tokens: int = 160
+    """Longest response, in tokens. [I]"""
+    n_tasks: int = 0
+    """Held-out tasks evaluated (the first ones of ``load_tasks(cfg.tasks, "eval")``); 0 means all. [I]"""
+    best_of_k: int = 0
+    """Samples per task at ``bok_temperature`` for best-of-K curves (the paper reports K up to 30); 0: none. [P]"""
+    bok_temperature: float = 1.0
+    """Temperature of the best-of-K samples (diverse samples; 0.2 would repeat itself). [I]"""
+    batch_size: int = 64
+    """Rows per generation call. [I]"""
+    n_boot: int = 2000
+    """Bootstrap resamples of the confidence intervals. [I]"""
+    seed: int = 0
+    """Seed of the evaluation samples and the bootstrap. [I]"""
+
+    def __post_init__(self) -> None:
+        _positive(self, "n_samples", "max_new_tokens", "batch_size", "n_boot")
+        _check(self.temperature >= 0 and self.bok_temperature > 0, "EvalConfig", "temperature",
+               "must be >= 0 (and bok_temperature > 0)")
+        _unit(self, "top_p", open_low=True)
+        _check(self.n_tasks >= 0 and self.best_of_k >= 0, "EvalConfig", "n_tasks", "and best_of_k must be >= 0")
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole run: one config per stage, a name and a global seed."""
 
@@ -362,6 +395,7 @@ class Config:
     labels: LabelConfig = field(default_factory=LabelConfig)
     prm: PRMConfig = field(default_factory=PRMConfig)
     rl: RLConfig = field(default_factory=RLConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
         _check(bool(self.name) and "/" not in self.name, "Config", "name", f"must be a plain name, got {self.name!r}")
@@ -479,7 +513,8 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-STAGE_CLASSES: tuple[type, ...] = (ModelConfig, TaskConfig, SandboxConfig, SamplingConfig, LabelConfig, PRMConfig)
+STAGE_CLASSES: tuple[type, ...] = (ModelConfig, TaskConfig, SandboxConfig, SamplingConfig, LabelConfig, PRMConfig,
+                                  RLConfig, EvalConfig)
 
 
 def paper_map_markdown() -> str:
