@@ -33,6 +33,8 @@ def test_summarize_hand_computed():
     assert r.by_tokens == {"<=100": 1.0, ">100": 0.0} and r.n_by_tokens == {"<=100": 3, ">100": 3}
     assert r.pass_at_k == {"1": pytest.approx(0.5)}  # k = 5, 10 need more samples per task
     assert r.per_task["t1"] == {"n": 2, "c": 1, "n_lines": 5}
+    assert r.passed == {"t0/base/0/0": True, "t0/base/0/1": True, "t1/base/0/0": True, "t1/base/0/1": False,
+                        "t2/base/0/0": False, "t2/base/0/1": False}
     assert 0.0 <= r.pass_at_1_ci[0] <= r.pass_at_1 <= r.pass_at_1_ci[1] <= 1.0
     assert "pass@1 50.0%" in str(r)
 

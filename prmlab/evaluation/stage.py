@@ -57,6 +57,8 @@ class EvalResult:
     n_by_tokens: dict[str, int]
     best_of_k: dict[str, float] = field(default_factory=dict)
     per_task: dict[str, dict[str, int]] = field(default_factory=dict, repr=False)
+    passed: dict[str, bool] = field(default_factory=dict, repr=False)
+    """Verdict of each pass@1 sample, by response id (the samples themselves are in ``<policy>.samples.jsonl``)."""
     config: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __str__(self) -> str:
@@ -94,6 +96,7 @@ def summarize(policy: str, tasks: Sequence[Task], responses: Sequence[Response],
         n_by_tokens={b: tok_labels.count(b) for b in ("<=100", ">100")},
         per_task={t.task_id: {"n": int(ni), "c": int(ci_), "n_lines": t.n_lines}
                   for t, ni, ci_ in zip(tasks, n, c)},
+        passed={r.response_id: bool(ok) for r, ok in zip(responses, passed)},
         config=dataclasses.asdict(cfg))
 
 
