@@ -5,6 +5,7 @@
     prmlab train-prm  --preset tiny                 train the PRM on runs/<name>/labels.jsonl
     prmlab rl         --preset tiny --variant dense+value-init --allow-execution   PPO -> runs/<name>/rl/<variant>/
     prmlab eval       --preset tiny --policy rl/sparse --allow-execution   held-out pass@1 -> runs/<name>/eval/
+    prmlab study      --preset tiny --allow-execution   every configuration over 3 seeds -> runs/<name>-study/
     prmlab report     --preset tiny                 runs/<name>/report.md and figures/ for the stages that ran
     prmlab doctor                                   the sandbox's protections on this machine and its self-test
     prmlab pipeline   --preset tiny --allow-execution   label, PRM, RL (PIPELINE_VARIANTS), evaluation, report
@@ -87,6 +88,12 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", parents=[common, execution], help="held-out pass@1 of a policy")
     ev.add_argument("--policy", default="base",
                     help="'base' (default), 'rl/<variant>' (its last checkpoint) or 'rl/<variant>/<checkpoint>'")
+    st = sub.add_parser("study", parents=[common, execution],
+                        help="the Table 1 analogue: every RL configuration over seeds, with intervals (resumable)")
+    st.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default: 0 1 2)")
+    st.add_argument("--configurations", nargs="+", default=None, choices=tuple(VARIANTS),
+                    help="RL configurations (default: all five)")
+    st.add_argument("--no-table2", action="store_true", help="skip the Revised-Only PRM run (the paper's Table 2)")
     sub.add_parser("report", parents=[common], help="write report.md and figures for the stages that ran")
     sub.add_parser("pipeline", parents=[common, execution], help="run every stage in order, then the report")
     sub.add_parser("doctor", parents=[common], help="which sandbox protections this machine gives, and a self-test")
@@ -170,6 +177,12 @@ def _run(args: argparse.Namespace) -> int:
         _rl(cfg, run_dir, args.variant, args.allow_execution)
     elif args.command == "eval":
         _eval(cfg, run_dir, args.policy, args.allow_execution)
+    elif args.command == "study":
+        from prmlab.evaluation.study import CONFIGURATIONS, run_study
+
+        out = args.run_dir or Path("runs") / f"{cfg.name}-study"
+        print(run_study(cfg, out, args.seeds, tuple(args.configurations or CONFIGURATIONS), not args.no_table2,
+                        allow_execution=args.allow_execution))
     elif args.command == "report":
         _report(run_dir, cfg.name)
     elif args.command == "pipeline":

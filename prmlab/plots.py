@@ -227,3 +227,97 @@ def plot_selection_comparison(metrics: Mapping[str, Mapping[str, float]], keys: 
     ax.set_ylim(0, 1.08)
     ax.legend(fontsize=8, loc="lower right")
     return fig
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# RL and evaluation
+
+
+def plot_pass_at_1(rows: Sequence[Any], ax=None):
+    """pass@1 per configuration with its interval (``rows``: objects with configuration, pass_at_1, lo, hi)."""
+    fig, ax = axes(ax, (6.5, 3.2))
+    names = [r.configuration for r in rows]
+    ys = [r.pass_at_1 for r in rows]
+    err = [[y - r.lo for y, r in zip(ys, rows)], [r.hi - y for y, r in zip(ys, rows)]]
+    ax.bar(range(len(rows)), ys, color=COLORS[1.0], alpha=0.75)
+    ax.errorbar(range(len(rows)), ys, yerr=err, fmt="none", ecolor="#333", capsize=4)
+    for i, y in enumerate(ys):
+        ax.text(i, y + 0.01, f"{y:.1%}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(rows)), names, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("held-out pass@1")
+    ax.set_ylim(0, min(1.0, max(r.hi for r in rows) + 0.1) if rows else 1.0)
+    return fig
+
+
+def plot_pass_by_length(rows: Sequence[Any], ax=None):
+    """Grouped bars: pass@1 per line bucket (x) and configuration (bars); the long-horizon picture."""
+    fig, ax = axes(ax, (6.5, 3.2))
+    buckets = list(rows[0].by_lines) if rows else []
+    width = 0.8 / max(len(rows), 1)
+    for j, r in enumerate(rows):
+        xs = [i + (j - (len(rows) - 1) / 2) * width for i in range(len(buckets))]
+        ax.bar(xs, [r.by_lines.get(b, float("nan")) for b in buckets], width, label=r.configuration)
+    ax.set_xticks(range(len(buckets)), [f"{b} lines" for b in buckets])
+    ax.set_ylabel("held-out pass@1")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=3, frameon=False)
+    return fig
+
+
+def plot_rl_curves(curves: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]], key: str = "pass_rate", ax=None):
+    """A metric of ``metrics.jsonl`` against the PPO iteration, one line per configuration (mean over its seeds,
+    the seeds' range shaded). ``curves``: configuration -> one list of metric rows per seed."""
+    fig, ax = axes(ax, (6.5, 3.2))
+    for name, runs in curves.items():
+        runs = [r for r in runs if r]
+        if not runs:
+            continue
+        n = min(len(r) for r in runs)
+        vals = [[float(r[i].get(key, float("nan"))) for i in range(n)] for r in runs]  # (S, n)
+        xs = [runs[0][i].get("iteration", i + 1) for i in range(n)]
+        mean = [sum(col) / len(col) for col in zip(*vals)]
+        (line,) = ax.plot(xs, mean, label=f"{name} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")
+        if len(runs) > 1:
+            ax.fill_between(xs, [min(c) for c in zip(*vals)], [max(c) for c in zip(*vals)], color=line.get_color(),
+                            alpha=0.15)
+    ax.set_xlabel("PPO iteration")
+    ax.set_ylabel(key.replace("_", " "))
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)
+    return fig
+
+
+def plot_best_of_k(curves: Mapping[str, Sequence[Mapping[str, float]]], ax=None):
+    """Best-of-K pass rate against K, one line per configuration (mean over seeds)."""
+    fig, ax = axes(ax, (5, 3.2))
+    for name, per_seed in curves.items():
+        per_seed = [c for c in per_seed if c]
+        if not per_seed:
+            continue
+        ks = sorted({int(k) for c in per_seed for k in c})
+        ax.plot(ks, [sum(c.get(str(k), float("nan")) for c in per_seed) / len(per_seed) for k in ks], label=name)
+    ax.set_xlabel("K (samples per task)")
+    ax.set_ylabel("pass@K")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def save_study_figures(out: Any, rows: Sequence[Any], curves: Mapping[str, Any], best_of_k: Mapping[str, Any]) -> list:
+    """The study's figures as PNGs in ``out``; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from pathlib import Path
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    made = []
+    figures = [("pass_at_1", plot_pass_at_1(rows)), ("pass_by_length", plot_pass_by_length(rows)),
+               ("rl_pass_rate", plot_rl_curves(curves, "pass_rate")),
+               ("rl_return", plot_rl_curves(curves, "return_total"))]
+    if any(c for cs in best_of_k.values() for c in cs):
+        figures.append(("best_of_k", plot_best_of_k(best_of_k)))
+    for name, fig in figures:
+        fig.savefig(out / f"{name}.png", dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        made.append(out / f"{name}.png")
+    return made
