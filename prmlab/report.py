@@ -1,13 +1,15 @@
 """The pipeline's summary: one Markdown table of what each stage measured, and its figures, in the run directory.
 
-    runs/<name>/report.md                 labels (categories, cost) and PRM (AUC vs length-only, accuracy, MSE)
-    runs/<name>/figures/*.png             categories by length, first -1 position, PRM training curves
+    runs/<name>/report.md                 labels (categories, cost), PRM (within/across responses vs baselines),
+                                          RL (training curves per variant), held-out pass@1 per policy by length
+    runs/<name>/figures/*.png             categories by length, first -1 position, PRM training, RL and pass@1
     runs/<name>/figures/line_views.html   per-line PRM scores next to labels (plain HTML, no widget runtime)
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +67,57 @@ def report_rows(labels: list[LineLabels], cost: dict | None, prm: dict | None) -
     return rows
 
 
+def rl_runs(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """Variant -> the metrics rows of each RL run in ``run_dir/rl/``."""
+    out = {}
+    for path in sorted((run_dir / "rl").glob("*/metrics.jsonl")):
+        rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+        if rows:
+            out[path.parent.name] = rows
+    return out
+
+
+def rl_table(rl: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Markdown rows: per variant, iterations and the training pass rate, KL and lines per response, first -> last."""
+    out = ["| variant | iterations | training pass rate | KL to reference | lines per response |", "|---|---|---|---|---|"]
+    for v, rows in rl.items():
+        f, la = rows[0], rows[-1]
+        out.append(f"| {v} | {la.get('iteration', len(rows))} | {f.get('pass_rate', 0):.3f} -> "
+                   f"{la.get('pass_rate', 0):.3f} | {la.get('kl_ref', 0):.3f} | {f.get('lines_per_response', 0):.2f}"
+                   f" -> {la.get('lines_per_response', 0):.2f} |")
+    return out
+
+
+@dataclass(frozen=True)
+class EvalRow:
+    """What the pass@1 figures read of an evaluation."""
+
+    configuration: str
+    pass_at_1: float
+    lo: float
+    hi: float
+    by_lines: dict[str, float]
+
+
+def eval_results(run_dir: Path) -> list[dict[str, Any]]:
+    """The evaluations in ``run_dir/eval/`` (base first)."""
+    found = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((run_dir / "eval").glob("*.json"))
+             if p.name != "sandbox.json"]
+    return sorted(found, key=lambda e: (e["policy"] != "base", e["policy"]))
+
+
+def eval_table(evals: list[dict[str, Any]]) -> list[str]:
+    """Markdown rows: per policy, pass@1 [95% CI over tasks] and by line bucket."""
+    buckets = list(evals[0]["by_lines"])
+    out = ["| policy | pass@1 [95% CI] | " + " | ".join(f"{b} lines" for b in buckets) + " |",
+           "|---|---|" + "---|" * len(buckets)]
+    for e in evals:
+        lo, hi = e["pass_at_1_ci"]
+        out.append(f"| {e['policy']} | {e['pass_at_1']:.1%} [{lo:.1%}, {hi:.1%}] | "
+                   + " | ".join(f"{e['by_lines'].get(b, float('nan')):.1%}" for b in buckets) + " |")
+    return out
+
+
 def _save(axes_or_figure, path: Path, plt) -> str:
     fig = axes_or_figure if isinstance(axes_or_figure, plt.Figure) else axes_or_figure.figure
     fig.savefig(path, dpi=120, bbox_inches="tight")
@@ -97,6 +150,17 @@ def write_report(run_dir: str | Path) -> Path:
         made.append(_save(plots.plot_training_curves(prm["history"]), figures / "prm_training.png", plt))
     lines = [f"# prmlab run: {run_dir.name}", "", "| quantity | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in report_rows(labels, cost, prm)]
+    rl, evals = rl_runs(run_dir), eval_results(run_dir)
+    if rl:
+        curves = {v: [rows] for v, rows in rl.items()}
+        made.append(_save(plots.plot_rl_curves(curves, "pass_rate"), figures / "rl_pass_rate.png", plt))
+        made.append(_save(plots.plot_rl_curves(curves, "return_total"), figures / "rl_return.png", plt))
+        lines += ["", "## RL (training prompts, one seed)", "", *rl_table(rl)]
+    if evals:
+        rows = [EvalRow(e["policy"], e["pass_at_1"], *e["pass_at_1_ci"], e["by_lines"]) for e in evals]
+        made.append(_save(plots.plot_pass_at_1(rows), figures / "eval_pass_at_1.png", plt))
+        made.append(_save(plots.plot_pass_by_length(rows), figures / "eval_pass_by_length.png", plt))
+        lines += ["", "## Held-out evaluation (one seed; intervals over tasks)", "", *eval_table(evals)]
     lines += ["", "Figures:", ""] + [f"![{m}]({m})" for m in made]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
