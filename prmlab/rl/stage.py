@@ -31,10 +31,10 @@ import torch
 
 from prmlab.config import Config, RLConfig
 from prmlab.errors import ExecutionNotAllowed, MissingArtifact
-from prmlab.models import ROLES, ScalarHead, add_adapters, copy_adapter, lora_config
+from prmlab.models import ROLES, ScalarHead, add_adapters, copy_adapter, load_adapter_weights, lora_config
 from prmlab.records import Task
 from prmlab.rl.loop import Execute, PPOState, make_optimizer, ppo_iteration, prompt_mix
-from prmlab.runs import derive_seed, init_run_dir, log_metrics, seed_everything
+from prmlab.runs import derive_seed, init_run_dir, log_metrics, record_sandbox, seed_everything
 from prmlab.tasks import load_tasks
 
 VARIANTS: dict[str, dict[str, bool]] = {
@@ -156,19 +156,6 @@ def save_checkpoint(state: PPOState, path: Path) -> Path:
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
     return path
-
-
-def load_adapter_weights(model, ckpt: Path, name: str) -> None:
-    """Load adapter ``name`` of a checkpoint (peft format, ``ckpt/name/``) into ``model``'s adapter ``name``."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    device = next(model.parameters()).device
-    weights = load_file(ckpt / name / "adapter_model.safetensors", device=str(device))
-    result = set_peft_model_state_dict(model, weights, adapter_name=name)
-    bad = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
-    if bad:
-        raise ValueError(f"{ckpt}: adapter {name!r} does not fit the model: {bad[:3]}")
 
 
 def load_checkpoint(state: PPOState, path: Path) -> None:
@@ -293,4 +280,5 @@ def _executor(cfg: Config, run_dir: Path, execute: Execute | None) -> Iterator[E
     from prmlab.sandbox import Sandbox
 
     with Sandbox(dataclasses.replace(cfg.sandbox, allow_execution=True), cache_dir=run_dir / "exec_cache") as box:
+        record_sandbox(run_dir / "rl", box.provenance())
         yield box.run_many
