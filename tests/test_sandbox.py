@@ -162,3 +162,49 @@ def test_many_programs_on_all_workers(sb):
     start = time.perf_counter()
     results = sb.run_many([(GOOD + f"# {i}\n", TASK) for i in range(60)])
     assert all(r.passed for r in results) and time.perf_counter() > start
+
+
+def test_plan_covers_a_prefix_of_single_call_tests():
+    import builtins
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "prmlab" / "sandbox"))
+    try:
+        import harness
+    finally:
+        del sys.path[0]
+    names = dict(builtins.__dict__)
+    plan = harness.plan_calls("", TASK.tests, names)
+    assert plan == [(0, "inc", (1,), {}), (1, "inc", (5,), {}), (2, "inc", (-1,), {})]
+    he = ("assert candidate([1, 0 ** 0], k=3 * 19) == None, str(candidate(2))", "assert abs(candidate('a' + 'b') - 1) < 1e-6",
+          "x = 3\nassert candidate(x) == 1", "assert candidate(4) == 2")
+    assert harness.plan_calls("METADATA = {'a': 1}\ncandidate = f\n", he, names) == [
+        (0, "f", ([1, 1],), {"k": 57}), (1, "f", ("ab",), {})]  # stops at the first test it cannot plan
+    assert harness.plan_calls("OFFSET = inc(0) - 1\n", TASK.tests, names) == []  # the setup could call the program
+    for test in ("assert inc(1) == inc(1)", "assert globals()['inc'](1) == 2", "assert True or inc(1) == 2",
+                 "assert [inc(x) for x in (1, 2)] == [2, 3]", "g = inc\nassert g(1) == 2", "assert inc(1) == _out"):
+        assert harness.plan_calls("", (test,), names) == [], test
+
+
+STATEFUL = Task(task_id="toy/count", prompt="", entry_point="count",
+                tests=("assert count(1) == 1, count(0)", "assert count(1) == 2", "_out = count(1)\nassert _out == 3",
+                       "y = 1\nassert count(y) == 4", "assert count(1) == 5"))
+
+
+def test_calls_reach_the_program_in_test_order(sb):
+    """Planned (answered without waiting), unplanned and message calls interleave as one request per call would."""
+    counter = "n = 0\ndef count(k):\n    global n\n    n += k\n    return n\n"
+    r = sb.run(counter, STATEFUL)
+    assert (r.status, r.n_passed) == ("passed", 5), r
+    skips = "n = 0\ndef count(k):\n    global n\n    n += k\n    return n if n != 1 else -1\n"
+    r = sb.run(skips, STATEFUL)  # test 0 fails; its message's call is served after the planned calls, once
+    assert (r.status, r.n_passed, r.failing_test) == ("failed", 4, STATEFUL.tests[0]), r
+    assert "AssertionError" in r.message
+
+
+def test_result_that_is_not_plain_data_stops_the_plan(sb):
+    task = Task(task_id="toy/obj", prompt="", entry_point="make",
+                tests=("assert make(1).value == 1", "assert make(2).value == 2", "assert make(3) == 3"))
+    program = "class Box:\n    def __init__(self, v):\n        self.value = v\ndef make(v):\n    return Box(v)\n"
+    r = sb.run(program, task)
+    assert (r.status, r.n_passed, r.failing_test) == ("failed", 2, task.tests[2]), r

@@ -110,7 +110,8 @@ def _run_stdin(text, code):
 
 # ------------------------------------------------------------------------------------- the program's process
 def program_process(chan, safe_builtins):
-    """Run the program sent by the runner, then answer its requests until it says ``exit`` (never returns).
+    """Run the program sent by the runner, answer the calls it planned, then serve its requests until it says
+    ``exit`` (never returns).
 
     Nothing here is trusted: the program can replace any of it. It is written so that an honest program is
     judged correctly; a dishonest one can at most send wrong values or break the channel (a failure or a crash).
@@ -118,19 +119,30 @@ def program_process(chan, safe_builtins):
     import builtins
     import types
 
-    send, recv, exit_ = wire.send, wire.recv, os._exit
+    send, exit_, plain, class_ids = wire.send, os._exit, wire.PLAIN, wire.CLASS_IDS
+    channel = wire.Channel(chan)
     handles = {}
 
     def reply(message):
+        """Send one message; returns how many handles it made (0 when the message held plain data only)."""
         try:
-            send(chan, message, wire.ProgramPickler, handles)
+            return send(chan, message, wire.ProgramPickler, handles).made
         except OSError:
             exit_(SETUP_FAILED + 1)
         except BaseException as e:  # an unpicklable or too deep value
             send(chan, ("raise", type(e).__name__, str(e)[:MSG_CHARS]), wire.ProgramPickler, handles)
+            return 0
+
+    def call(fn, args, kwargs):
+        try:
+            result = fn(*args, **kwargs)
+            changed = {i: a for i, a in enumerate(args) if type(a) in (list, dict, set, bytearray)}
+            return ("ok", result, changed)
+        except BaseException as e:
+            return ("raise", type(e).__name__, (str(e) + _program_line(e))[:MSG_CHARS])
 
     try:
-        _, program, mode = recv(chan, wire.ProgramUnpickler, handles)
+        _, program, mode, planned = channel.recv(wire.ProgramUnpickler, handles)
     except BaseException:
         exit_(SETUP_FAILED + 1)
     ns, ran = {}, (True, "")
@@ -147,29 +159,45 @@ def program_process(chan, safe_builtins):
              and not isinstance(v, types.ModuleType)}
     modules = {k: v.__name__ for k, v in ns.items() if isinstance(v, types.ModuleType) and not k.startswith("__")}
     reply(("ran", ran[0], ran[1], names if ran[0] else {}, modules if ran[0] else {}))
-    ops = {"call": lambda o, a, k: o(*a, **k), "getattr": getattr, "list": list, "len": len,
-           "getitem": lambda o, key: o[key]}
+    # The planned calls (see plan_calls), in order, one message each, without waiting for the runner: stop (with
+    # a "stop" message) at a name that is not a function here, or after a result that holds a handle (the runner
+    # may use it before the next call).
+    for k, (name, args, kwargs) in enumerate(planned if ran[0] else ()):
+        fn = names.get(name)
+        if fn is None or type(fn) in plain or id(fn) in class_ids:
+            reply(("stop",))
+            break
+        if reply(call(fn, args, kwargs)) and k + 1 < len(planned):
+            reply(("stop",))
+            break
+    ops = {"getattr": getattr, "list": list, "len": len, "getitem": lambda o, key: o[key]}
     while True:
         try:
-            message = recv(chan, wire.ProgramUnpickler, handles)
+            message = channel.recv(wire.ProgramUnpickler, handles)
         except BaseException:
             exit_(SETUP_FAILED + 1)
         if message[0] == "exit":
             exit_(0)
         try:
-            result = ops[message[0]](handles[message[1][0]], *message[2:])
-            args = message[2] if message[0] == "call" else ()
-            changed = {i: a for i, a in enumerate(args) if type(a) in (list, dict, set, bytearray)}
-            answer = ("ok", result, changed)
+            obj = handles[message[1][0]]
+            answer = call(obj, *message[2:]) if message[0] == "call" else ("ok", ops[message[0]](obj, *message[2:]), {})
         except BaseException as e:
             answer = ("raise", type(e).__name__, (str(e) + _program_line(e))[:MSG_CHARS])
         reply(answer)
 
 
 # --------------------------------------------------------------------------------------------- the test runner
+PREPARED_MAX = 256
+"""Tasks whose compiled setup, tests and call plan the runner keeps (most programs share their task with others)."""
+_prepared_cache = {}
+
+
 def runner_loop(ctrl, verdict, safe_builtins):
     """The long-lived test runner of one worker: per job, read (body length, channel fd) and the body from ``ctrl``
-    (a Unix socket to the worker), run it with :func:`run_job`, and end its report with ``E`` (never returns)."""
+    (a Unix socket to the worker), run it with :func:`run_job`, and end its report with ``E`` (never returns).
+
+    The report's last lines (``D`` and ``E``, or ``E``) go out in one write before the program's process is told
+    to exit, so that the worker, woken by that exit, finds the whole report."""
     import socket
 
     ctrl_sock = socket.socket(fileno=ctrl)
@@ -180,41 +208,72 @@ def runner_loop(ctrl, verdict, safe_builtins):
 
     while True:
         try:
-            data, fds, _, _ = socket.recv_fds(ctrl_sock, 8, 1)
+            data, fds, _, _ = socket.recv_fds(ctrl_sock, 1 << 16, 1)
             if len(data) < 8 or not fds:
                 os._exit(0)  # the worker closed the control socket
-            body = wire.read_exactly(ctrl, int.from_bytes(data, "big"))
+            n = int.from_bytes(data[:8], "big")
+            body = data[8:] + (wire.read_exactly(ctrl, n - (len(data) - 8)) if len(data) - 8 < n else b"")
         except (OSError, wire.ChannelClosed):
             os._exit(0)
+        done = False
         try:
-            run_job(body, fds[0], report, safe_builtins)
+            done = run_job(body, fds[0], report, safe_builtins)
         finally:
+            write(verdict, b"D\nE\n" if done else b"E\n")
+            if done:
+                try:
+                    wire.send(fds[0], ("exit",), wire.RunnerPickler)
+                except BaseException:
+                    pass
             os.close(fds[0])
-        report("E")
+
+
+def _prepare(setup, tests, safe_builtins):
+    """(setup code, test codes, call plan) of a task, compiled once per runner (a compile error is kept as
+    ``(exception,)`` and reported where the original raised it)."""
+    key = (setup, tuple(tests))
+    hit = _prepared_cache.pop(key, None)
+    if hit is None:
+        def comp(src, name):
+            try:
+                return compile(src, name, "exec", dont_inherit=True, optimize=0)
+            except BaseException as e:
+                return (e,)
+
+        hit = (comp(setup, "<test_setup>"), [comp(t, f"<test {i}>") for i, t in enumerate(tests)],
+               plan_calls(setup, tests, safe_builtins))
+        if len(_prepared_cache) >= PREPARED_MAX:
+            _prepared_cache.pop(next(iter(_prepared_cache)))
+    _prepared_cache[key] = hit
+    return hit
 
 
 def run_job(job, chan, report, safe_builtins):
-    """Run the setup and tests of one job against the program's process behind ``chan``; ``report`` each step."""
+    """Run the setup and tests of one job against the program's process behind ``chan``; ``report`` each step.
+    True when the job ended normally (then the runner reports ``D`` and tells the program's process to exit)."""
+    import collections
     import json
     import sys
 
-    base_exc, compile_, exec_, dict_, str_ = BaseException, compile, exec, dict, str
+    base_exc, exec_, dict_, str_, type_, tuple_ = BaseException, exec, dict, str, type, tuple
     job = json.loads(job)
-    state = {"dead": False}
-
-    rpc = _make_rpc(chan, state, safe_builtins)
+    setup_code, test_codes, plan = _prepare(job["setup"], job["tests"], safe_builtins)
+    state = {"dead": False, "test": -1, "plan": collections.deque(), "hids": {}}
+    rpc, drain = _make_rpc(chan, wire.Channel(chan), state, safe_builtins)
     report("S")
     try:
-        wire.send(chan, ("program", job["program"], job.get("mode")), wire.RunnerPickler)
-        ran = wire.recv(chan, wire.RunnerUnpickler, rpc)
+        wire.send(chan, ("program", job["program"], job.get("mode"), [p[1:] for p in plan]), wire.RunnerPickler)
+        ran = drain.read()
         kind, ok, message, names, modules = ran
         if kind != "ran" or type(names) is not dict or type(modules) is not dict:
             raise wire.ChannelClosed("protocol")
     except base_exc:
-        return  # no "P" line: the program's process died or broke the channel before it ran
+        return False  # no "P" line: the program's process died or broke the channel before it ran
     if not ok:
         report("P", "0", str_(message)[:MSG_CHARS])
-        return _finish(chan, report)
+        return True
+    state["plan"].extend([list(p) + [None] for p in plan])
+    state["hids"] = {k: v._hid for k, v in names.items() if type_(k) is str_ and type_(v) is wire.Remote}
     report("P", "1", "")
     tns = {k: v for k, v in names.items() if type(k) is str and k.isidentifier() and not k.startswith("__")}
     for k, mod in modules.items():
@@ -226,60 +285,346 @@ def run_job(job, chan, report, safe_builtins):
     tns["__builtins__"] = safe_builtins
     tns["__name__"] = "__prmlab_tests__"
     try:
-        exec_(compile_(job["setup"], "<test_setup>", "exec", dont_inherit=True, optimize=0), tns)
+        if type_(setup_code) is tuple_:
+            raise setup_code[0]
+        exec_(setup_code, tns)
     except base_exc as e:
         if state["dead"]:
-            return
-        for i in range(len(job["tests"])):
+            return False
+        drain()
+        if state["dead"]:
+            return False
+        for i in range(len(test_codes)):
             report("T", str_(i), "0", "test setup raised " + describe(e))
-        return _finish(chan, report)
-    for i, test in enumerate(job["tests"]):
+        return True
+    for i, code in enumerate(test_codes):
+        state["test"] = i
         try:
-            exec_(compile_(test, f"<test {i}>", "exec", dont_inherit=True, optimize=0), dict_(tns))
+            if type_(code) is tuple_:
+                raise code[0]
+            exec_(code, dict_(tns))
             outcome = ("1", "")
         except base_exc as e:
             outcome = ("0", describe(e))
         if state["dead"]:
-            return  # the program's process is gone: no verdict for this test, and no "D"
+            return False  # the program's process is gone: no verdict for this test, and no "D"
         report("T", str_(i), *outcome)
-    _finish(chan, report)
+        drain(i)  # a planned call this test did not make (it failed before): its answer is read and dropped
+    drain()
+    return not state["dead"]
 
 
-def _finish(chan, report):
-    try:
-        wire.send(chan, ("exit",), wire.RunnerPickler)
-    except BaseException:
-        pass
-    report("D")
+def _make_rpc(chan, channel, state, safe_builtins):
+    """The runner's side of a request: the planned answer when the request is the next planned call, else send
+    the request (after reading the planned answers still due: the channel is in order) and read its reply; return
+    the value or raise the program's exception. Also returns ``drain(upto=None)``, which drops the planned answers
+    of tests up to ``upto`` (all when None), reading them as needed, and ``drain.read()``, one message."""
+    plan = state["plan"]  # deque of [test index, name, args, kwargs, answer (None until read)]
 
+    def read():
+        try:
+            return channel.recv(wire.RunnerUnpickler, rpc)
+        except (wire.ChannelClosed, OSError, EOFError):
+            state["dead"] = True
+            plan.clear()
+            raise wire.ChannelClosed("the program's process is gone") from None
+        except Exception as e:  # a whole frame was read: the channel is still in step
+            return ("bad", f"the program returned something that is not plain data ({e})")
 
-def _make_rpc(chan, state, safe_builtins):
-    """The runner's side of a request: send it, read one reply of plain data, return it or raise its exception."""
+    def fill(k):
+        """Read the answers of the first ``k`` planned calls that are still unread (a "stop" ends the plan)."""
+        for n, entry in enumerate(list(plan)[:k]):
+            if entry[4] is None:
+                answer = read()
+                if _is_stop(answer):
+                    while len(plan) > n:
+                        plan.pop()
+                    return
+                entry[4] = answer
+
+    def drain(upto=None):
+        while plan and (upto is None or plan[0][0] <= upto):
+            try:
+                fill(1)
+            except wire.ChannelClosed:
+                return
+            if plan:
+                plan.popleft()
 
     def rpc(op, hid, *args):
         if state["dead"]:
             raise wire.ChannelClosed("the program's process is gone")
-        try:
-            wire.send(chan, (op, hid) + args, wire.RunnerPickler)
-        except OSError:
-            state["dead"] = True
-            raise wire.ChannelClosed("the program's process is gone") from None
-        try:
-            reply = wire.recv(chan, wire.RunnerUnpickler, rpc)
-        except (wire.ChannelClosed, OSError, EOFError):
-            state["dead"] = True
-            raise wire.ChannelClosed("the program's process is gone") from None
-        except Exception as e:  # a whole frame was read: the channel is still in step
-            raise TypeError(f"the program returned something that is not plain data ({e})") from None
+        reply = None
+        if plan:
+            i, name, pargs, pkwargs, _ = plan[0]
+            if op == "call" and i == state["test"] and hid == state["hids"].get(name) and _same(args[0], pargs) \
+                    and _same(args[1], pkwargs):
+                fill(1)
+                if plan:
+                    reply = plan.popleft()[4]
+            else:
+                fill(len(plan))  # off plan: the answers due come first on the channel; they stay for their tests
+        if reply is None:
+            try:
+                wire.send(chan, (op, hid) + args, wire.RunnerPickler)
+            except OSError:
+                state["dead"] = True
+                raise wire.ChannelClosed("the program's process is gone") from None
+            reply = read()
         if type(reply) is tuple and len(reply) == 3 and reply[0] == "ok" and type(reply[2]) is dict:
             _write_back(args[0] if op == "call" else (), reply[2])
             return reply[1]
         if type(reply) is tuple and len(reply) == 3 and reply[0] == "raise":
             raise _exception(str(reply[1]), str(reply[2]), safe_builtins)
+        if type(reply) is tuple and len(reply) == 2 and reply[0] == "bad":
+            raise TypeError(reply[1])
         state["dead"] = True
+        plan.clear()
         raise wire.ChannelClosed("protocol")
 
-    return rpc
+    drain.read = read
+    return rpc, drain
+
+
+def _is_stop(reply):
+    return type(reply) is tuple and len(reply) == 1 and type(reply[0]) is str and reply[0] == "stop"
+
+
+def _same(a, b):
+    """``a`` and ``b`` are the same plain literal value, types included (the check that a request is the planned
+    call: anything unexpected only makes the runner fall back to one request per call)."""
+    t = type(a)
+    if t is not type(b):
+        return False
+    if t is list or t is tuple:
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if t is dict:
+        return len(a) == len(b) and _same(list(a.items()), list(b.items()))
+    if t is float or t is complex or t is set or t is frozenset:
+        return repr(a) == repr(b)
+    if t in (int, str, bytes, bool, type(None), type(Ellipsis)):
+        return a == b
+    return False
+
+
+# ------------------------------------------------------------------------------------------- the call plan
+UNPLANNABLE_BUILTINS = frozenset({"globals", "locals", "vars", "eval", "exec", "compile", "__import__", "breakpoint",
+                                  "input", "help"})
+"""Builtins through which a test could reach the program's names without naming them: a test that uses one is
+never planned."""
+FOLD_LIMIT = 10 ** 4
+"""Largest string or sequence, and bit length of an int, that folding constant arithmetic may build."""
+
+
+def plan_calls(setup, tests, builtin_names):
+    """The calls into the program that the tests will make, known before the program runs:
+    ``[(test index, program name, args, kwargs)]`` for a prefix of the tests, one call each.
+
+    A test is planned when it names the program exactly once (an assert's message, evaluated only when the test
+    has already failed, does not count): as the function of a call whose arguments are literals (or constant
+    arithmetic), in a position of a top-level statement that is always evaluated when the test passes; the
+    function is a name of the program, directly or through a plain ``candidate = name`` in the setup. Every other
+    name the test reads is a builtin (never ``globals``, ``eval`` and the like), a literal of the setup, a
+    standard-library module it imports, or a variable it assigned before. The setup must consist of such
+    assignments only (it then cannot call the program). Planning stops at the first test that does not qualify.
+
+    So for a job whose tests pass, the program receives exactly the calls, in the same order, that one request
+    per call would make. The program's process makes the planned calls right after the program ran and sends each
+    answer without waiting for the runner (one round trip per program instead of one per call); the runner takes
+    an answer only for the request it planned (same function, equal arguments, same test; the program's process
+    stops the plan at a result that is not plain data). A test that fails before it reaches its call leaves that
+    answer unused; a request off the plan (an assert's message) is served after the planned calls."""
+    import ast
+
+    try:
+        setup_body = ast.parse(setup).body
+        bodies = [ast.parse(t).body for t in tests]
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        return []
+    bound, alias = set(), {}
+    for st in setup_body:
+        if type(st) is ast.Assign and all(type(t) is ast.Name for t in st.targets):
+            if type(st.value) is ast.Name and st.value.id not in bound and st.value.id not in builtin_names:
+                target = alias.get(st.value.id, st.value.id)
+                for t in st.targets:
+                    alias[t.id] = target
+                    bound.discard(t.id)
+            elif _value(st.value) is not _NO:
+                for t in st.targets:
+                    bound.add(t.id)
+                    alias.pop(t.id, None)
+            else:
+                return []
+        elif not (type(st) is ast.Pass or (type(st) is ast.Expr and type(st.value) is ast.Constant)):
+            return []
+    safe = {n for n in builtin_names if n not in alias and n not in bound and n not in UNPLANNABLE_BUILTINS}
+    plan = []
+    for i, body in enumerate(bodies):
+        entry = _plan_test(body, bound | safe, alias)
+        if entry is None:
+            break
+        plan.append((i,) + entry)
+    return plan
+
+
+def _plan_test(body, known, alias):
+    """``(program name, args, kwargs)`` of a test's single call (see :func:`plan_calls`), or None."""
+    import ast
+    import sys
+
+    defined, found = set(), None
+    for st in body:
+        t = type(st)
+        if t in (ast.Import, ast.ImportFrom):
+            mods = [a.name for a in st.names] if t is ast.Import else [st.module or ""]
+            if st.__dict__.get("level") or any(m.split(".")[0] not in sys.stdlib_module_names for m in mods) \
+                    or any(a.name == "*" for a in st.names):
+                return None
+            defined.update((a.asname or a.name).split(".")[0] for a in st.names)
+            continue
+        if t is ast.Assign:
+            main, stores = st.value, st.targets
+        elif t is ast.Expr:
+            main, stores = st.value, []
+        elif t is ast.Assert:
+            main, stores = st.test, []
+        elif t in (ast.Pass, ast.For, ast.While, ast.If, ast.With, ast.Try):
+            main, stores = None, [st]
+        else:
+            return None
+        loads = []
+        if main is not None and not _loads(main, set(), loads):
+            return None
+        if main is None and not _loads(st, set(), loads):
+            return None
+        for target in stores if main is not None else ():
+            if not _loads(target, set(), loads):
+                return None
+        if any(n.id in UNPLANNABLE_BUILTINS for n in loads):
+            return None
+        program = [n for n in loads if n.id not in defined and n.id not in known]
+        if program:
+            if found is not None or len(program) != 1 or main is None:
+                return None
+            call = _unconditional_call(main, program[0])
+            if call is None:
+                return None
+            args = tuple(_value(a) for a in call.args)
+            kwargs = {k.arg: _value(k.value) for k in call.keywords}
+            if _NO in args or _NO in kwargs.values():
+                return None
+            found = (alias.get(call.func.id, call.func.id), args, kwargs)
+        for target in stores:
+            defined.update(n.id for n in ast.walk(target) if type(n) is ast.Name and type(n.ctx) is not ast.Load)
+    return found
+
+
+def _loads(node, local, out):
+    """Append to ``out`` the names ``node`` reads (not those bound by its own comprehensions, nor an assert's
+    message); False when it holds something that hides reads (a lambda, a nested function or class, a walrus,
+    ``global``)."""
+    import ast
+
+    t = type(node)
+    if t in (ast.Lambda, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.NamedExpr, ast.Global,
+             ast.Nonlocal, ast.Await, ast.Yield, ast.YieldFrom, ast.Import, ast.ImportFrom):
+        return False
+    if t is ast.Name:
+        if type(node.ctx) is ast.Load and node.id not in local:
+            out.append(node)
+        return True
+    if t is ast.Assert:
+        return _loads(node.test, local, out)
+    if t in (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp):
+        inner = set(local)
+        for k, gen in enumerate(node.generators):
+            if not _loads(gen.iter, local if k == 0 else inner, out):
+                return False
+            inner |= {n.id for n in ast.walk(gen.target) if type(n) is ast.Name}
+            if not all(_loads(c, inner, out) for c in gen.ifs):
+                return False
+        elts = [node.key, node.value] if t is ast.DictComp else [node.elt]
+        return all(_loads(e, inner, out) for e in elts)
+    return all(_loads(c, local, out) for c in ast.iter_child_nodes(node))
+
+
+def _unconditional_call(node, name):
+    """The call whose function is the Name node ``name``, if it lies on a path of ``node`` that is always
+    evaluated when ``node`` evaluates without raising; else None."""
+    import ast
+
+    t = type(node)
+    if t is ast.Call:
+        if node.func is name:
+            return node
+        children = [node.func, *node.args, *(k.value for k in node.keywords)]
+    elif t is ast.Compare:
+        children = [node.left, node.comparators[0]]
+    elif t is ast.BinOp:
+        children = [node.left, node.right]
+    elif t in (ast.UnaryOp,):
+        children = [node.operand]
+    elif t is ast.BoolOp:
+        children = [node.values[0]]
+    elif t in (ast.Attribute, ast.Starred, ast.FormattedValue):
+        children = [node.value]
+    elif t is ast.Subscript:
+        children = [node.value, node.slice]
+    elif t is ast.IfExp:
+        children = [node.test]
+    elif t in (ast.Tuple, ast.List, ast.Set):
+        children = node.elts
+    elif t is ast.Dict:
+        children = [c for c in (*node.keys, *node.values) if c is not None]
+    elif t is ast.JoinedStr:
+        children = node.values
+    else:
+        return None
+    for c in children:
+        found = _unconditional_call(c, name)
+        if found is not None:
+            return found
+    return None
+
+
+class _No:
+    """Marks an expression that is not a literal."""
+
+
+_NO = _No()
+
+
+def _value(node):
+    """The value of a literal expression (``ast.literal_eval``, plus constant arithmetic with + - * ** on small
+    ints and + * on strings), or ``_NO``."""
+    import ast
+
+    try:
+        return ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        pass
+    if type(node) in (ast.List, ast.Tuple):
+        items = [_value(e) for e in node.elts]
+        return _NO if any(v is _NO for v in items) else (items if type(node) is ast.List else tuple(items))
+    if type(node) is not ast.BinOp or type(node.op) not in (ast.Add, ast.Sub, ast.Mult, ast.Pow):
+        return _NO
+    a, b = _value(node.left), _value(node.right)
+    if a is _NO or b is _NO:
+        return _NO
+    ta, tb = type(a), type(b)
+    if ta is int and tb is int:
+        if a.bit_length() > FOLD_LIMIT or b.bit_length() > FOLD_LIMIT:
+            return _NO
+        if type(node.op) is ast.Pow:
+            return a ** b if 0 <= b <= 64 and a.bit_length() * b <= FOLD_LIMIT else _NO
+        return a + b if type(node.op) is ast.Add else a - b if type(node.op) is ast.Sub else a * b
+    if type(node.op) is ast.Add and ta is tb and ta in (str, bytes, list, tuple) and len(a) + len(b) <= FOLD_LIMIT:
+        return a + b
+    if type(node.op) is ast.Mult and {ta, tb} <= {int, str, bytes, list, tuple} and (ta is int) != (tb is int):
+        seq, k = (b, a) if ta is int else (a, b)
+        if len(seq) * max(k, 0) <= FOLD_LIMIT:
+            return seq * k
+    return _NO
 
 
 def _write_back(args, changed):

@@ -58,13 +58,14 @@ class ProgramPickler(pickle.Pickler):
 
     def __init__(self, file, handles):
         super().__init__(file, protocol=5)
-        self.handles = handles
+        self.handles, self.made = handles, 0
 
     def persistent_id(self, obj):
         if type(obj) in PLAIN or id(obj) in CLASS_IDS:
             return None
         key = id(obj)
         self.handles[key] = obj
+        self.made += 1
         return (key, type(obj).__name__)
 
 
@@ -139,10 +140,57 @@ class Remote:
 
 
 def send(fd, obj, pickler, *args):
+    """One message (length prefix and pickle) in one write; returns the pickler (its ``made`` counts handles)."""
     buf = io.BytesIO()
-    pickler(buf, *args).dump(obj)
-    data = buf.getvalue()
-    write_all(fd, HEADER.pack(len(data)) + data)
+    buf.write(b"\0\0\0\0")
+    p = pickler(buf, *args)
+    p.dump(obj)
+    view = buf.getbuffer()
+    HEADER.pack_into(view, 0, len(view) - HEADER.size)
+    del view
+    write_all(fd, buf.getvalue())
+    return p
+
+
+class Channel:
+    """The reading end of a channel: whole messages from a buffer filled by large reads (usually one read for all
+    the messages that are waiting), never more than one message's worth of trust in the peer's length prefix."""
+
+    def __init__(self, fd, read=os.read):
+        self.fd, self.read, self.buf, self.pos = fd, read, b"", 0
+
+    def _fill(self, need):
+        """At least ``need`` unread bytes in the buffer (the peer's length prefix was checked against MAX_FRAME)."""
+        have = len(self.buf) - self.pos
+        chunks = [self.buf[self.pos:]] if have else []
+        while have < need:
+            chunk = self.read(self.fd, max(need - have, 1 << 16))
+            if not chunk:
+                raise ChannelClosed("channel closed")
+            chunks.append(chunk)
+            have += len(chunk)
+        self.buf, self.pos = b"".join(chunks) if len(chunks) != 1 else chunks[0], 0
+
+    def frame(self):
+        """The next message's bytes."""
+        if len(self.buf) - self.pos < HEADER.size:
+            self._fill(HEADER.size)
+        (n,) = HEADER.unpack_from(self.buf, self.pos)
+        if n > MAX_FRAME:
+            raise ChannelClosed(f"a message of {n} bytes")
+        if len(self.buf) - self.pos < HEADER.size + n:
+            self._fill(HEADER.size + n)
+        start = self.pos + HEADER.size
+        self.pos = start + n
+        return memoryview(self.buf)[start:self.pos]
+
+    def pending(self):
+        """True when a whole message is already buffered (reading it will not block)."""
+        have = len(self.buf) - self.pos
+        return have >= HEADER.size and have >= HEADER.size + HEADER.unpack_from(self.buf, self.pos)[0]
+
+    def recv(self, unpickler, *args):
+        return unpickler(io.BytesIO(self.frame()), *args).load()
 
 
 def recv(fd, unpickler, *args):
