@@ -177,6 +177,8 @@ def load_base_model(cfg: ModelConfig):
     """The base causal LM of ``cfg`` in eval mode (4-bit linear layers when ``cfg.load_in_4bit``)."""
     from transformers import AutoModelForCausalLM
 
+    if cfg.num_threads and cfg.device == "cpu":
+        torch.set_num_threads(cfg.num_threads)  # process-wide: see ModelConfig.num_threads
     path = resolve_model_path(cfg)
     kwargs = dict(dtype=getattr(torch, cfg.dtype), **_pretrained_kwargs(path))
     qcfg = quantization_config(cfg)

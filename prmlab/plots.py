@@ -225,7 +225,7 @@ def plot_selection_comparison(metrics: Mapping[str, Mapping[str, float]], keys: 
             ax.axhline(sum(base) / len(base), ls="--", color="#777", label="length-only baseline AUC")
     ax.set_xticks(range(len(names)), names)
     ax.set_ylim(0, 1.08)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3, frameon=False)
     return fig
 
 

@@ -432,3 +432,13 @@ def test_labelling_samples_an_rl_checkpoint_and_the_base_with_adapters_off(tmp_p
     assert len(rl) == 6 and rl != base
     labels = read_jsonl(tmp_path / "run" / "labels.jsonl", LineLabels)
     assert {r.policy for r in labels} == {"base", "rl/sparse/rl-25"} and len(labels) == 12
+
+
+def test_a_rerun_that_labels_nothing_keeps_the_cost_summary(tmp_path):
+    responses, tasks = fake_responses(6, seed=5)
+    out = tmp_path / "labels.jsonl"
+    label_responses(responses, tasks, LabelConfig(k=2, chunk=1), out, FakeComplete(), FakeRunMany(), progress=False)
+    first = (tmp_path / "labels_cost.json").read_text()
+    again = label_responses(responses, tasks, LabelConfig(k=2, chunk=1), out, FakeComplete(), FakeRunMany(),
+                            progress=False)
+    assert again.n_new == 0 and (tmp_path / "labels_cost.json").read_text() == first

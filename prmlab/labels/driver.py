@@ -316,8 +316,10 @@ def label_responses(responses: Sequence[Response], tasks_by_id: Mapping[str, Tas
     bar.close()
     result = summarize(read_jsonl(out_path, LineLabels) if out_path.exists() else [], out_path, n_new,
                        time.perf_counter() - t_start, method)
-    write_cost(result, out_path.with_name(out_path.stem + "_cost.json"))
-    log_metrics(Path(metrics_dir or out_path.parent), stage="label_summary", method=method, **result.totals)
+    cost_path = out_path.with_name(out_path.stem + "_cost.json")
+    if n_new or not cost_path.exists():  # a rerun that labelled nothing keeps the real run's cost and wall time
+        write_cost(result, cost_path)
+        log_metrics(Path(metrics_dir or out_path.parent), stage="label_summary", method=method, **result.totals)
     return result
 
 
