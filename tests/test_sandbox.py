@@ -166,13 +166,9 @@ def test_many_programs_on_all_workers(sb):
 
 def test_plan_covers_a_prefix_of_single_call_tests():
     import builtins
-    import sys
 
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "prmlab" / "sandbox"))
-    try:
-        import harness
-    finally:
-        del sys.path[0]
+    from prmlab.sandbox import plan as harness
+
     names = dict(builtins.__dict__)
     plan = harness.plan_calls("", TASK.tests, names)
     assert plan == [(0, "inc", (1,), {}), (1, "inc", (5,), {}), (2, "inc", (-1,), {})]
@@ -208,3 +204,18 @@ def test_result_that_is_not_plain_data_stops_the_plan(sb):
     program = "class Box:\n    def __init__(self, v):\n        self.value = v\ndef make(v):\n    return Box(v)\n"
     r = sb.run(program, task)
     assert (r.status, r.n_passed, r.failing_test) == ("failed", 2, task.tests[2]), r
+
+
+def test_complete_plan_lets_the_program_exit_after_its_answers(sb):
+    import builtins
+
+    from prmlab.sandbox.plan import plan_job
+
+    assert plan_job("", TASK.tests, builtins.__dict__)[1]  # every test planned, messages read only test variables
+    assert not plan_job("", STATEFUL.tests, builtins.__dict__)[1]
+    assert not plan_job("", ("assert inc(1) == 2, str(inc(1))",), builtins.__dict__)[1]
+    r = sb.run(GOOD, TASK)  # the program's process exits on its own: still passed, exit status 0
+    assert (r.status, r.n_passed) == ("passed", 3), r
+    leaky = "import threading, time\ndef inc(x):\n    threading.Thread(target=time.sleep, args=(5,)).start()\n" \
+            "    return x + 1\n"
+    assert sb.run(leaky, TASK).passed  # its threads end with it

@@ -32,7 +32,9 @@ Execution is opt-in (``SandboxConfig.allow_execution``); see docs/safety.md. Lin
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
+import functools
 import json
 import os
 import queue
@@ -50,6 +52,7 @@ from typing import Any
 
 from prmlab.config import SandboxConfig
 from prmlab.records import ExecutionResult, Task
+from prmlab.sandbox.plan import encode, plan_job
 from prmlab.sandbox.jobs import (HARNESS_VERSION, ResultCache, SandboxStats, cache_key, cacheable, limits, make_job,
                                  require_allowed, to_result)
 from prmlab.sandbox.protections import (WORKER_PATH, Protections, announce, from_flags, protections,
@@ -95,11 +98,16 @@ class _Worker:
         return line
 
     def request(self, job: dict[str, Any]) -> dict[str, Any]:
-        """Send a job as prefix, header (limits, mode, test count) and body (program, setup, tests): the worker
-        reads the body only after it has forked the program's process, which so never holds the tests."""
+        """Send a job as prefix, header (limits, mode, test count, program, call plan) and body (setup, tests, call
+        plan): the worker reads the body only after it has forked the program's process, which so never holds the
+        tests (only the arguments of the planned calls, which it would receive anyway)."""
         self.read_hello()
-        header = json.dumps({"limits": job["limits"], "mode": job["mode"], "n_tests": len(job["tests"])}).encode()
-        body = json.dumps({k: job[k] for k in ("program", "setup", "tests", "mode")}, ensure_ascii=False).encode()
+        calls, complete = _plan(job["setup"], tuple(job["tests"]))
+        header = json.dumps({"limits": job["limits"], "mode": job["mode"], "n_tests": len(job["tests"]),
+                             "program": job["program"], "plan": calls, "complete": complete},
+                            ensure_ascii=False).encode()
+        body = json.dumps({"setup": job["setup"], "tests": job["tests"], "mode": job["mode"], "plan": calls},
+                          ensure_ascii=False).encode()
         self.proc.stdin.write(PREFIX.pack(len(header), len(body)) + header + body)
         self.proc.stdin.flush()
         return json.loads(self._read_line(time.monotonic() + job["limits"]["timeout_s"] + WATCHDOG_GRACE_S))
@@ -130,6 +138,13 @@ class _Worker:
         base = (self.hello or {}).get("base")
         if base and Path(base).name.startswith("prmlab-sandbox-"):
             shutil.rmtree(base, ignore_errors=True)
+
+
+@functools.lru_cache(maxsize=1024)
+def _plan(setup: str, tests: tuple[str, ...]) -> tuple[str, bool]:
+    """The task's call plan (:mod:`prmlab.sandbox.plan`), encoded, and whether it is complete; once per task."""
+    calls, complete = plan_job(setup, tests, builtins.__dict__)
+    return encode(calls), complete
 
 
 def _run_on(worker: _Worker | None, job: dict[str, Any], strict: bool = False) -> tuple[_Worker | None, dict[str, Any]]:

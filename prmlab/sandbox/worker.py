@@ -33,6 +33,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402  (stdlib-only sibling modules)
 import isolation  # noqa: E402
+import plan  # noqa: E402
 import verdict  # noqa: E402
 import wire  # noqa: E402,F401  (imported here once, so each forked process finds it loaded)
 import uids  # noqa: E402
@@ -230,7 +231,9 @@ class Worker:
         lim, t0 = header["limits"], time.monotonic()
         pid_p = os.fork()
         if pid_p == 0:
-            self._child((lim, workdir, out_w), [chan_p], lambda: harness.program_process(3, self.safe_builtins))
+            self._child((lim, workdir, out_w), [chan_p], lambda: harness.program_process(
+                3, self.safe_builtins, header["program"], header["mode"],
+                [p[1:] for p in plan.decode(header.get("plan"))], header.get("complete", False)))
         for fd in (chan_p, out_w):
             os.close(fd)
         body = reader.read(header["body_len"])  # only now: the program's process never held the tests
@@ -285,57 +288,58 @@ class Worker:
             os._exit(harness.SETUP_FAILED + 2)
 
     def _wait(self, pid_p, runner, out_r, lim, t0):
-        """Wait for the program's process to exit, draining its output; then read the runner's report up to its
-        ``E`` line (or the runner's death). The runner writes its report without waking this process (which only
-        empties the verdict pipe every DRAIN_S while the program runs); it ends the report before it tells the
-        program's process to exit, so one wake-up usually finds all of it. On timeout kill both."""
+        """Wait until the program's process has exited and the runner has ended this job's report (one byte on
+        the control socket) or died, draining the output; then read the report. The runner writes its report
+        without waking this process (which empties the verdict pipe every DRAIN_S while it waits). On timeout
+        kill both."""
         pidfd = os.pidfd_open(pid_p)
-        ver_r, rpid = runner["ver_r"], runner["pid"]
+        ctrl, ver_r, rpid = runner["ctrl"], runner["ver_r"], runner["pid"]
         poller = select.poll()
-        for fd in (out_r, pidfd):
+        for fd in (out_r, pidfd, ctrl.fileno(), runner["pidfd"]):
             poller.register(fd, select.POLLIN)
-        report, output, timed_out, p, t = runner["buf"], bytearray(), False, None, None
+        report, output, timed_out, p, t, done = runner["buf"], bytearray(), False, None, None, False
         max_out, deadline = lim["max_output_bytes"], t0 + lim["timeout_s"]
         try:
-            while p is None or (_end(report) < 0 and t is None):
+            while p is None or not (done or t is not None):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     timed_out = True
                     _kill_group(pid_p)
                     _kill_group(rpid)
                     break
-                events = poller.poll(max(1, int(min(left, DRAIN_S if p is None else left) * 1000)))
+                events = poller.poll(max(1, int(min(left, DRAIN_S) * 1000)))
                 for fd, _ in events:
                     if fd == pidfd:
-                        poller.unregister(fd)
-                        continue
-                    if fd == runner["pidfd"]:
-                        poller.unregister(fd)
+                        p = _collect(pid_p)
+                        if p is not None:
+                            poller.unregister(fd)
+                    elif fd == runner["pidfd"]:
                         t = t or _collect(rpid)
-                        continue
-                    try:
-                        data = os.read(fd, 1 << 16)
-                    except BlockingIOError:
-                        continue
-                    if not data:
+                        if t is not None:
+                            poller.unregister(fd)
+                    elif fd == ctrl.fileno():
+                        try:
+                            data = ctrl.recv(64, socket.MSG_DONTWAIT)
+                        except (BlockingIOError, InterruptedError):
+                            continue
+                        except OSError:
+                            data = b""
+                        if data:
+                            done = True
                         poller.unregister(fd)
-                    elif fd == ver_r:
-                        if len(report) < MAX_REPORT_BYTES:
-                            report += data
-                    elif len(output) < max_out:
-                        output += data[: max_out - len(output)]
-                if p is None:
-                    p = _collect(pid_p)
-                    if p is not None:  # from now on the report is what we wait for
-                        poller.register(ver_r, select.POLLIN)
-                        poller.register(runner["pidfd"], select.POLLIN)
-                if p is not None or not events:
+                    else:
+                        data = os.read(fd, 1 << 16)
+                        if not data:
+                            poller.unregister(fd)
+                        elif len(output) < max_out:
+                            output += data[: max_out - len(output)]
+                if done or not events or p is not None:
                     _drain(ver_r, report)
         finally:
             os.close(pidfd)
         if timed_out:
             p, t = p or os.wait4(pid_p, 0)[1:], t or os.wait4(rpid, 0)[1:]
-            _drain(ver_r, report)
+        _drain(ver_r, report)
         if t is not None:
             self._forget_runner()
         end = _end(report)
