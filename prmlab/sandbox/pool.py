@@ -61,6 +61,9 @@ from prmlab.sandbox.protections import (WORKER_PATH, Protections, announce, from
 WATCHDOG_GRACE_S = 30.0
 """A worker that has not answered ``timeout_s`` plus this many seconds after a job is killed and replaced."""
 PREFIX = struct.Struct(">II")
+WORKERS_PER_CORE = 2
+"""Default workers per core: each job alternates between two processes (the program's and the test runner), so
+one worker leaves its core idle while it waits; two per core keep the cores busy (bench/bench_sandbox.py)."""
 
 
 class _Worker:
@@ -199,7 +202,7 @@ class Sandbox:
         self.cfg = cfg
         self.cache = ResultCache(cache_dir) if (cache_dir is not None and cfg.cache) else None
         self.stats = SandboxStats()
-        self.n_workers = cfg.workers or len(os.sched_getaffinity(0))
+        self.n_workers = cfg.workers or WORKERS_PER_CORE * len(os.sched_getaffinity(0))
         self._workers: list[_Worker | None] = [None] * self.n_workers
         self._lock = threading.Lock()
         self._closed = False

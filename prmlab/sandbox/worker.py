@@ -288,14 +288,14 @@ class Worker:
             os._exit(harness.SETUP_FAILED + 2)
 
     def _wait(self, pid_p, runner, out_r, lim, t0):
-        """Wait until the program's process has exited and the runner has ended this job's report (one byte on
-        the control socket) or died, draining the output; then read the report. The runner writes its report
-        without waking this process (which empties the verdict pipe every DRAIN_S while it waits). On timeout
-        kill both."""
+        """Wait until the program's process has exited, then until the runner has ended this job's report (one
+        byte on the control socket, usually there already) or died, draining the output; then read the report.
+        The runner writes its report without waking this process (which empties the verdict pipe every DRAIN_S
+        while it waits), so a job usually costs one wake-up here. On timeout kill both."""
         pidfd = os.pidfd_open(pid_p)
         ctrl, ver_r, rpid = runner["ctrl"], runner["ver_r"], runner["pid"]
         poller = select.poll()
-        for fd in (out_r, pidfd, ctrl.fileno(), runner["pidfd"]):
+        for fd in (out_r, pidfd):  # the runner's byte and death matter once the program's process is gone
             poller.register(fd, select.POLLIN)
         report, output, timed_out, p, t, done = runner["buf"], bytearray(), False, None, None, False
         max_out, deadline = lim["max_output_bytes"], t0 + lim["timeout_s"]
@@ -313,6 +313,8 @@ class Worker:
                         p = _collect(pid_p)
                         if p is not None:
                             poller.unregister(fd)
+                            poller.register(ctrl.fileno(), select.POLLIN)
+                            poller.register(runner["pidfd"], select.POLLIN)
                     elif fd == runner["pidfd"]:
                         t = t or _collect(rpid)
                         if t is not None:
