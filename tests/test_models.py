@@ -15,15 +15,6 @@ from prmlab.testing import tiny_test_model
 TEXTS = ["def f(a, b):\n    c = a + b\n    return c\n", "x = [1, 2, 3]\n"]
 
 
-@pytest.fixture(scope="module")
-def saved_tiny(tmp_path_factory):
-    model, tok = tiny_test_model(seed=1)
-    path = tmp_path_factory.mktemp("tiny")
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 def batch(tok):
     return tok(TEXTS, return_tensors="pt", padding=True)
 

@@ -32,15 +32,6 @@ def stub_execute(pairs):
     return out
 
 
-@pytest.fixture(scope="module")
-def saved_tiny(tmp_path_factory):
-    model, tok = tiny_test_model(seed=1)
-    path = tmp_path_factory.mktemp("tiny")
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 def make_cfg(path, **rl) -> Config:
     model = ModelConfig(name_or_path=str(path), lora_r=4, lora_alpha=8)
     base = dict(iterations=2, prompts_per_iteration=2, samples_per_prompt=2, max_new_tokens=12, minibatch_size=2,
