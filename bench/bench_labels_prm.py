@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/bench_labels_prm.py --run-dir runs/bench-labels-prm          # about 45-60 min, 2 cores
 
-    .venv/bin/python bench/bench_labels_prm.py --run-dir runs/bench-prm16 --skip-mc --attempts neutral-out
-                                                     # the PRM table only (issue 16), about 25 min, 2 cores
+    .venv/bin/python bench/bench_labels_prm.py --run-dir runs/bench-prm16 --skip-mc --attempts bce
+                                                     # the PRM table only (issue 16), about 50 min, 2 cores
 
 Steps (each resumable: labelling continues where a killed run stopped; finished PRMs are not retrained; an existing
 ``labels_drift.jsonl`` is reused):
