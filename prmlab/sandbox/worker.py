@@ -243,7 +243,10 @@ class Worker:
             reader.wipe()
             os.close(chan_t)
         if self.previous is not None:  # removed while this program runs
-            shutil.rmtree(self.previous, ignore_errors=True)
+            try:
+                os.rmdir(self.previous)  # usually empty: one system call
+            except OSError:
+                shutil.rmtree(self.previous, ignore_errors=True)
         self.previous = workdir
         try:
             p, t, timed_out, report, output = self._wait(pid_p, runner, out_r, lim, t0)
