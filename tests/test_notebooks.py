@@ -21,7 +21,7 @@ def code_cells(path):
 
 
 def test_there_are_notebooks():
-    assert [p.stem for p in NOTEBOOKS][:3] == ["00_tour", "01_labelling", "02_prm"]
+    assert [p.stem for p in NOTEBOOKS][:4] == ["00_tour", "01_labelling", "02_prm", "03_rl"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -76,8 +76,9 @@ def test_readme_opens_the_notebooks_with_an_installed_jupyterlab():
 
 @pytest.fixture(scope="module")
 def notebook_runs(tmp_path_factory):
-    """One fresh run directory for the session, shared by 00-02 as runs/<preset> is by default, so the notebooks
-    compute everything they need from scratch (the slowest case; with the pipeline's run they reuse it)."""
+    """One fresh run directory for the session, shared by 00-03 as runs/<preset> is by default, so the notebooks
+    compute everything they need from scratch (the slowest case; with the pipeline's run they reuse it). 03 then
+    trains all four RL configurations as short runs, since no pipeline RL run is there to reuse."""
     return tmp_path_factory.mktemp("notebook-runs") / "tiny"
 
 
