@@ -143,7 +143,8 @@ class SandboxConfig:
     max_output_bytes: int = 65536
     """Captured stdout/stderr beyond this many bytes is discarded. [I]"""
     workers: int = 0
-    """Programs run concurrently by batch execution; 0 means one per CPU core. [I]"""
+    """Programs run concurrently by batch execution; 0 means two per CPU core (a job alternates between the
+    program's process and the test runner, so one per core leaves it idle part of the time). [I]"""
     cache: bool = True
     """Memoise results on disk by a hash of (program, tests, limits). [I]"""
     strict: bool = False
