@@ -73,6 +73,9 @@ def start_jupyterlab(root: Path, port: int) -> subprocess.Popen:
     news = home / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     news.parent.mkdir(parents=True, exist_ok=True)
     news.write_text(json.dumps({"fetchNews": "false"}))  # no "official Jupyter news?" toast over the screenshot
+    tracker = home / "settings" / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
+    tracker.parent.mkdir(parents=True, exist_ok=True)
+    tracker.write_text(json.dumps({"autoStartDefaultKernel": True}))  # never the "Select Kernel" dialog
     log = open(root / "jupyterlab.log", "w")
     return subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -89,6 +92,22 @@ def wait_for_server(proc: subprocess.Popen, url: str, log: Path, timeout_s: floa
         except OSError:
             time.sleep(0.5)
     raise AssertionError(f"JupyterLab did not answer within {timeout_s} s:\n{log.read_text()[-3000:]}")
+
+
+def wait_for_kernel(url: str, timeout_s: float) -> None:
+    """Until the notebook's session has a kernel that is idle (the page opened it; clicking Run All earlier races
+    the session's start)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "api/sessions", timeout=5) as r:
+                sessions = json.loads(r.read())
+            if any((s.get("kernel") or {}).get("execution_state") == "idle" for s in sessions):
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"no idle kernel for the notebook within {timeout_s} s")
 
 
 def run_all_cells(page, tries: int = 6) -> None:
@@ -155,6 +174,8 @@ def test_explorer_renders_and_follows_the_task_dropdown_in_chromium(tmp_path):
                 page.set_default_timeout(TIMEOUT_MS)
                 page.goto(url + "lab/tree/explorer.ipynb")
                 page.wait_for_selector(".jp-NotebookPanel .jp-Cell")
+                wait_for_kernel(url, TIMEOUT_MS / 1000)
+                page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", state="attached")
                 run_all_cells(page)
 
                 # the widgets rendered: three dropdowns and a line view with scores
