@@ -304,12 +304,21 @@ def hidden_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) 
     return out.last_hidden_state  # (B, T, H)
 
 
-def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """log pi(y_t | y_<t) of every token given its prefix; entry t scores token t+1.  # (B, T-1)"""
+def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, last: int | None = None) -> torch.Tensor:
+    """log pi(y_t | y_<t) of every token given its prefix; entry t scores token t+1.  # (B, T-1)
+
+        log pi(y_t | y_<t) = z_{t-1}[y_t] - logsumexp(z_{t-1})        z = the logits
+
+    With ``last`` = L only the last L tokens are scored (# (B, L)): the LM head and the logsumexp then run on L + 1
+    positions instead of T (``logits_to_keep``), which is what RL needs (the response, not the prompt) and keeps
+    the (B, T, V) logits of a 49k-token vocabulary out of memory.
+    """
+    keep = {} if last is None else {"logits_to_keep": last + 1}
     logits = model(input_ids=input_ids, attention_mask=attention_mask,
-                   position_ids=position_ids_from_mask(attention_mask), use_cache=False).logits  # (B, T, V)
-    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
-    return logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)  # (B, T-1)
+                   position_ids=position_ids_from_mask(attention_mask), use_cache=False, **keep).logits  # (B, K, V)
+    z = logits[:, :-1].float()  # (B, K-1, V) the logits predicting tokens 1.. of the kept window
+    targets = input_ids[:, -z.shape[1]:]  # (B, K-1) y_t
+    return z.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(z, dim=-1)  # (B, K-1)
 
 
 class ScalarHead(nn.Module):
@@ -333,7 +342,8 @@ def trainable_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
-def reference_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """log pi_ref(y_t | y_<t): the base model with every adapter disabled (the KL reference).  # (B, T-1)"""
+def reference_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                       last: int | None = None) -> torch.Tensor:
+    """log pi_ref(y_t | y_<t): the base model with every adapter disabled (the KL reference).  # (B, T-1) or (B, L)"""
     with torch.no_grad(), model.disable_adapter():
-        return token_logprobs(model, input_ids, attention_mask)
+        return token_logprobs(model, input_ids, attention_mask, last)

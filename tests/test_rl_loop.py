@@ -92,6 +92,30 @@ def test_line_end_columns_are_the_prms_positions_shifted_into_response_columns()
     assert line_end_columns(tok, gen, prompt, completion) == [p - k for p in positions]
 
 
+def test_line_end_columns_on_the_chat_track_with_healing():
+    """The chat prompt holds the template's special tokens (decoded away) and a healed first token: line ends must
+    still land on the token holding each line's last character."""
+    from prmlab.sampling import format_prompt
+    from prmlab.testing import smollm2_tokenizer
+
+    tok = smollm2_tokenizer()
+    task = TASKS[0]
+    prompt_text = format_prompt(task, tok, "chat")
+    completion = "    d = a + b\n    # note\n    return d * 2\n"
+    p_ids = tok(prompt_text, add_special_tokens=False)["input_ids"]
+    healed_tok = tok.convert_ids_to_tokens(p_ids[-1:])
+    healed = tok.decode(p_ids[-1:], skip_special_tokens=True)
+    new_ids = tok(healed + completion + "```", add_special_tokens=False)["input_ids"]
+    gen = Generation(tuple(p_ids[:-1]), tuple(new_ids), completion, True, healed)
+    cols = line_end_columns(tok, gen, prompt_text, completion)
+    pieces = [tok.decode(new_ids[: c + 1], skip_special_tokens=True) for c in cols]
+    lines = completion.splitlines(keepends=True)
+    for m, (col, piece) in enumerate(zip(cols, pieces)):
+        upto = healed + "".join(lines[: m + 1]).rstrip("\n")
+        assert piece.startswith(upto) and not tok.decode(new_ids[:col], skip_special_tokens=True).startswith(upto), (
+            m, healed_tok, piece)
+
+
 def test_line_monitors_count_comments_and_noops():
     m = line_monitors(["    x = x\n    # hi\n    return 1\n", "    pass\n"])
     assert m["lines_per_response"] == 2.0

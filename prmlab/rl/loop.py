@@ -121,9 +121,18 @@ def response_offsets(tokenizer, prompt_ids: Sequence[int], new_ids: Sequence[int
 
 
 def line_end_columns(tokenizer, gen, prompt_text: str, completion: str) -> list[int]:
-    """Response column e_m of each completion line's last character (the PRM's mapping, rollout's own tokens)."""
+    """Response column e_m of each completion line's last character (the PRM's mapping, rollout's own tokens).
+
+    The completion starts in F = decode(prompt_ids + new_ids) after the decoded prompt and the healed text the first
+    token re-created; decoding skips special tokens, so on the chat track (whose prompt holds the template's special
+    tokens) that is not ``len(prompt_text)``.
+    """
     offsets = response_offsets(tokenizer, gen.prompt_ids, gen.new_ids)
-    return line_end_positions(offsets, line_spans(completion), text_start=len(prompt_text))  # e_m (columns)
+    kw = {"skip_special_tokens": True, "clean_up_tokenization_spaces": False}
+    full = tokenizer.decode(list(gen.prompt_ids) + list(gen.new_ids), **kw)  # F
+    head = os.path.commonprefix([tokenizer.decode(list(gen.prompt_ids), **kw), full])  # the prompt as decoded
+    start = len(head) + len(gen.healed or "")  # where the completion's first character sits in F
+    return line_end_positions(offsets, line_spans(completion), text_start=start)  # e_m (columns)
 
 
 def pack(gens: Sequence[Any], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
@@ -150,7 +159,7 @@ def pack(gens: Sequence[Any], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, 
 
 def policy_logprobs(model, ids: torch.Tensor, attn: torch.Tensor, P: int) -> torch.Tensor:
     """log pi(y_t) of the response tokens with the active adapter (or none).  # (B, R)"""
-    return token_logprobs(model, ids, attn)[:, P - 1:]  # entry P-1+t scores token P+t
+    return token_logprobs(model, ids, attn, last=ids.shape[1] - P)  # the R response tokens only
 
 
 def head_outputs(model, head: torch.nn.Module, adapter: str, ids: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
