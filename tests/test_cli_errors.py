@@ -120,3 +120,27 @@ def test_every_exit_code_is_distinct():
     codes = [c.exit_code for c in classes if c is not errors.PrmlabError]
     assert len(codes) == len(set(codes)) == 7 and all(2 <= c <= 8 for c in codes)
     assert json.dumps(sorted(codes)) == "[2, 3, 4, 5, 6, 7, 8]"
+
+
+def test_rl_without_a_prm_names_the_command(tmp_path):
+    run = labelled_run(tmp_path)
+    before = snapshot(run)
+    r = prmlab("rl", "--preset", "tiny", "--run-dir", str(run), "--variant", "dense", "--allow-execution")
+    assert_one_sentence(r, 8, "prmlab train-prm")
+    assert snapshot(run) == before
+
+
+def test_rl_and_eval_without_allow_execution(tmp_path):
+    run = labelled_run(tmp_path)
+    before = snapshot(run)
+    for args in (("rl", "--variant", "sparse"), ("eval", "--policy", "base")):
+        r = prmlab(*args, "--preset", "tiny", "--run-dir", str(run))
+        assert_one_sentence(r, 4, "--allow-execution", "docs/safety.md")
+    assert snapshot(run) == before
+
+
+def test_eval_of_a_policy_that_was_never_trained(tmp_path):
+    run = labelled_run(tmp_path)
+    r = prmlab("eval", "--preset", "tiny", "--run-dir", str(run), "--policy", "rl/sparse", "--allow-execution")
+    assert_one_sentence(r, 8, "prmlab rl")
+    assert not (run / "eval" / "rl-sparse.json").exists()
