@@ -21,7 +21,7 @@ def code_cells(path):
 
 
 def test_there_are_notebooks():
-    assert [p.stem for p in NOTEBOOKS][:4] == ["00_tour", "01_labelling", "02_prm", "03_rl"]
+    assert [p.stem for p in NOTEBOOKS][:5] == ["00_tour", "01_labelling", "02_prm", "03_rl", "04_evaluation"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
