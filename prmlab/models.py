@@ -201,14 +201,36 @@ def lora_config(cfg: ModelConfig):
                       target_modules=list(cfg.lora_target_modules), bias="none", task_type="CAUSAL_LM")
 
 
+def peft_of(model):
+    """The ``PeftModel`` holding ``model``'s adapters: ``model`` itself, or the wrapper :func:`add_adapters` put
+    around this base earlier (peft injects the LoRA layers into the base in place, so a base that was wrapped once
+    must be reached through its wrapper, never wrapped again); None for a base without adapters."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        return model
+    ref = model.__dict__.get("_prmlab_peft")
+    return ref() if ref is not None else None
+
+
 def add_adapters(base, cfg: ModelConfig, names: tuple[str, ...] = ROLES):
     """Wrap ``base`` in a ``PeftModel`` holding one LoRA adapter per name (all start as the identity: B = 0).
 
     For a 4-bit base, ``prepare_model_for_kbit_training`` first casts norms to fp32 (no gradient checkpointing).
-    The first name is active afterwards; use :func:`use_adapter` to switch.
+    The first name is active afterwards; use :func:`use_adapter` to switch. Calling it again with the same base (or
+    its wrapper) returns the same wrapper with any missing adapters added, so stages can share one loaded model.
     """
+    import weakref
+
     from peft import get_peft_model, prepare_model_for_kbit_training
 
+    existing = peft_of(base)
+    if existing is not None:
+        for name in names:
+            if name not in existing.peft_config:
+                existing.add_adapter(name, lora_config(cfg))
+        set_trainable_adapter(existing, names[0])
+        return existing
     if getattr(base, "is_loaded_in_4bit", False):
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
     with warnings.catch_warnings():  # peft 0.21 reads transformers 5's deprecated `is_gradient_checkpointing`
@@ -217,6 +239,7 @@ def add_adapters(base, cfg: ModelConfig, names: tuple[str, ...] = ROLES):
     for name in names[1:]:
         model.add_adapter(name, lora_config(cfg))
     set_trainable_adapter(model, names[0])
+    object.__setattr__(base, "_prmlab_peft", weakref.ref(model))  # not a submodule: a plain back-reference
     return model
 
 
@@ -260,19 +283,21 @@ def policy_model(model, cfg: ModelConfig, ckpt: str | Path | None) -> Iterator:
 
     A missing checkpoint raises :class:`~prmlab.errors.MissingArtifact` naming the command that makes it.
     """
-    from peft import PeftModel
-
     if ckpt is None:
-        with model.disable_adapter() if isinstance(model, PeftModel) else contextlib.nullcontext():
+        peft = peft_of(model)
+        if peft is None:
             yield model
+        else:
+            with peft.disable_adapter():
+                yield peft
         return
     if not (Path(ckpt) / "policy" / "adapter_model.safetensors").exists():
         raise MissingArtifact(f"No RL policy checkpoint in {ckpt}: train it first (`prmlab rl --variant "
                               f"<variant> --allow-execution`), or label and evaluate 'base'.")
-    if not isinstance(model, PeftModel):
-        model = add_adapters(model, cfg, ROLES)
-    elif "policy" not in model.peft_config:
-        model.add_adapter("policy", lora_config(cfg))
+    previous = getattr(peft_of(model), "active_adapter", None)
+    model = add_adapters(model, cfg, ("policy",) + tuple(n for n in ROLES if n != "policy"))
+    if previous is not None:
+        set_trainable_adapter(model, previous)
     load_adapter_weights(model, ckpt, "policy")
     with use_adapter(model, "policy"):
         yield model

@@ -158,3 +158,29 @@ def test_smollm2_converts_once_and_loads_in_4bit(tmp_path):
     enc = tok(["def add(a, b):\n    return"], return_tensors="pt")
     out = model.generate(**enc, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
     assert out.shape[1] == enc.input_ids.shape[1] + 4
+
+
+def test_one_loaded_base_serves_every_stage_and_policy(tmp_path):
+    """peft injects LoRA layers into the base in place: a base wrapped once is reached through its wrapper (never
+    wrapped twice), and sampling the base through policy_model after a policy was loaded has every adapter off."""
+    from prmlab.models import peft_of, policy_model
+
+    base, tok = tiny_test_model(seed=5)
+    cfg = ModelConfig()
+    ids = tok("def f(a):\n    return a\n", return_tensors="pt")["input_ids"]
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        plain = base(input_ids=ids, attention_mask=mask).logits.clone()
+    prm_only = add_adapters(base, cfg, ("prm",))
+    peft = add_adapters(base, cfg)  # again, from the base object: the same wrapper, missing adapters added
+    assert peft is prm_only and peft_of(base) is peft and set(peft.peft_config) == {"prm", "policy", "critic"}
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B.policy" in name:
+                p.add_(0.5)
+    peft.save_pretrained(tmp_path / "ckpt", selected_adapters=["policy"])
+    with policy_model(base, cfg, tmp_path / "ckpt") as pm, torch.no_grad():
+        tuned = pm(input_ids=ids, attention_mask=mask).logits
+    assert not torch.allclose(tuned, plain)
+    with policy_model(base, cfg, None) as pm, torch.no_grad():  # 'base' after a policy: adapters off
+        assert torch.allclose(pm(input_ids=ids, attention_mask=mask).logits, plain, atol=1e-6)

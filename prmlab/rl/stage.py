@@ -31,7 +31,7 @@ import torch
 
 from prmlab.config import Config, RLConfig
 from prmlab.errors import ExecutionNotAllowed, MissingArtifact
-from prmlab.models import ROLES, ScalarHead, add_adapters, copy_adapter, load_adapter_weights, lora_config
+from prmlab.models import ROLES, ScalarHead, add_adapters, copy_adapter, load_adapter_weights
 from prmlab.records import Task
 from prmlab.rl.loop import Execute, PPOState, make_optimizer, ppo_iteration, prompt_mix
 from prmlab.runs import derive_seed, init_run_dir, log_metrics, record_sandbox, seed_everything
@@ -89,14 +89,7 @@ def kept_checkpoints(cfg: RLConfig) -> dict[int, str]:
 
 def _peft_model(model, cfg: Config):
     """A peft model with the policy, prm and critic adapters on ``model`` (plain or already peft)."""
-    from peft import PeftModel
-
-    if not isinstance(model, PeftModel):
-        return add_adapters(model, cfg.model, ROLES)
-    for name in ROLES:
-        if name not in model.peft_config:
-            model.add_adapter(name, lora_config(cfg.model))
-    return model
+    return add_adapters(model, cfg.model, ROLES)
 
 
 def _reset_adapter(model, name: str) -> None:
