@@ -209,8 +209,7 @@ def peft_of(model):
 
     if isinstance(model, PeftModel):
         return model
-    ref = model.__dict__.get("_prmlab_peft")
-    return ref() if ref is not None else None
+    return model.__dict__.get("_prmlab_peft")
 
 
 def add_adapters(base, cfg: ModelConfig, names: tuple[str, ...] = ROLES):
@@ -220,8 +219,6 @@ def add_adapters(base, cfg: ModelConfig, names: tuple[str, ...] = ROLES):
     The first name is active afterwards; use :func:`use_adapter` to switch. Calling it again with the same base (or
     its wrapper) returns the same wrapper with any missing adapters added, so stages can share one loaded model.
     """
-    import weakref
-
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     existing = peft_of(base)
@@ -239,7 +236,9 @@ def add_adapters(base, cfg: ModelConfig, names: tuple[str, ...] = ROLES):
     for name in names[1:]:
         model.add_adapter(name, lora_config(cfg))
     set_trainable_adapter(model, names[0])
-    object.__setattr__(base, "_prmlab_peft", weakref.ref(model))  # not a submodule: a plain back-reference
+    # a plain attribute, not a submodule (no parameter is listed twice); strong, since the LoRA layers injected into
+    # the base outlive any caller's reference to the wrapper
+    object.__setattr__(base, "_prmlab_peft", model)
     return model
 
 

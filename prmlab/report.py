@@ -102,7 +102,7 @@ class EvalRow:
 def eval_results(run_dir: Path) -> list[dict[str, Any]]:
     """The evaluations in ``run_dir/eval/`` (base first)."""
     found = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((run_dir / "eval").glob("*.json"))
-             if p.name != "sandbox.json"]
+             if p.name != "sandbox.json" and not p.name.endswith(".best_of_n.json")]  # best-of-N: its own shape
     return sorted(found, key=lambda e: (e["policy"] != "base", e["policy"]))
 
 

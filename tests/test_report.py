@@ -26,6 +26,7 @@ def test_report_has_rl_and_eval_sections(tmp_path):
         name = policy.replace("/", "-")
         (tmp_path / "eval" / f"{name}.json").write_text(json.dumps(dataclasses.asdict(r)))
     (tmp_path / "eval" / "sandbox.json").write_text("{}")
+    (tmp_path / "eval" / "base.best_of_n.json").write_text('{"policy": "base", "summaries": {}}')
     text = write_report(tmp_path).read_text()
     assert "| sparse | 2 | 0.300 -> 0.400 | 0.020 | 3.00 -> 3.00 |" in text
     assert "| base | 25.0% [15.0%, 35.0%] | 50.0% | 0.0% |" in text
