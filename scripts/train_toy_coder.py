@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from prmlab.config import SamplingConfig, SandboxConfig, preset  # noqa: E402
+from prmlab.config import preset  # noqa: E402
 from prmlab.tasks.toy_corpus import ToyCorpusConfig  # noqa: E402
 from prmlab.toycoder.train import ToyCoderConfig, train_toy_coder  # noqa: E402
 from prmlab.toycoder.evaluate import evaluate_toy_coder, render_card, save_eval  # noqa: E402

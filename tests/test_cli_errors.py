@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from prmlab.config import preset
 from prmlab.records import LineLabels, write_jsonl

@@ -5,7 +5,6 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 
 from prmlab.config import ModelConfig, SamplingConfig, SandboxConfig
 from prmlab.records import Task

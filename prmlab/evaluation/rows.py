@@ -60,7 +60,7 @@ def saved_eval(path: str | Path, eval_cfg, n_tasks: int = 0):
     """An :class:`EvalResult` already at ``path`` (e.g. the pipeline's ``eval/<policy>.json``) that can stand for
     an evaluation with ``eval_cfg`` on the first ``n_tasks`` tasks (0: all): the same config except ``n_tasks``,
     and at least that many tasks. None otherwise."""
-    from prmlab.evaluation.stage import eval_tasks, load_result
+    from prmlab.evaluation.stage import load_result
 
     path = Path(path)
     if not path.exists():

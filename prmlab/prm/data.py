@@ -17,18 +17,16 @@ the token holding its last character (:func:`prmlab.lines.token_positions_for_li
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from prmlab.config import DATA_SELECTIONS, Config, TaskConfig
+from prmlab.config import DATA_SELECTIONS
 from prmlab.lines import token_positions_for_lines
-from prmlab.records import LineLabels, Task, read_jsonl, write_jsonl
+from prmlab.records import LineLabels
 
 
 def completion_text(lines: Sequence[str]) -> str:

@@ -20,23 +20,18 @@ Training (``train_prm``, ``run_prm``) is the stage's, :mod:`prmlab.prm.stage`.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from prmlab.config import Config, ModelConfig, PRMConfig, from_dict
+from prmlab.config import ModelConfig, from_dict
 from prmlab.models import ScalarHead, add_adapters, hidden_states, lora_config, use_adapter
-from prmlab.prm.data import (Batch, Example, batches, collate, completion_text, encode, select_data,
-                             split_by_task, task_pass_rates)
-from prmlab.prm.metrics import evaluate
-from prmlab.records import LineLabels, LineScores, read_jsonl
-from prmlab.runs import log_metrics, provenance, seed_everything
+from prmlab.prm.data import Batch, Example, batches, collate, encode
+from prmlab.records import LineLabels, LineScores
 
 ADAPTER = "prm"
 HEAD_FILE = "head.safetensors"

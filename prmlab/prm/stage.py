@@ -20,8 +20,7 @@ import torch
 from prmlab.config import Config, ModelConfig, PRMConfig
 from prmlab.errors import MissingArtifact, NotEnoughData
 from prmlab.models import use_adapter
-from prmlab.prm.data import batches, collate, select_data, split_by_task, task_pass_rates
-from prmlab.prm.data import Example
+from prmlab.prm.data import Example, batches, collate, select_data, split_by_task, task_pass_rates
 from prmlab.prm.baselines import quality
 from prmlab.prm.metrics import evaluate
 from prmlab.prm.model import PRM, new_prm, prm_loss, raw_to_score, save_prm

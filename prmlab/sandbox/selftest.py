@@ -27,7 +27,6 @@ from pathlib import Path
 from prmlab.config import SandboxConfig
 from prmlab.records import Task
 from prmlab.sandbox.pool import Sandbox
-from prmlab.sandbox.protections import protections
 
 CFG = SandboxConfig(allow_execution=True, timeout_s=3.0, cpu_time_s=1, memory_mb=256, max_processes=16, workers=1,
                     cache=False)
