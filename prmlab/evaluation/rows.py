@@ -1,43 +1,18 @@
-"""Held-out rows for notebooks: a saved evaluation reused on its first tasks, an evaluation written anywhere, and
-pass@1 rows with their intervals over the same tasks.
+"""Held-out rows for notebooks: a saved evaluation reused on its first tasks, and pass@1 rows with their intervals
+over the same tasks (an evaluation written anywhere is :func:`prmlab.evaluation.stage.evaluate_into`).
 
     saved_eval(path, eval_cfg, n_tasks)   the pipeline's ``eval/<policy>.json`` when it can stand for this evaluation
-    evaluate_into(cfg, policy, ckpt, out_dir, model, tokenizer)      :func:`run_eval` with its own output directory
     eval_row(name, result, n_tasks)       pass@1 with its bootstrap interval and by length over the first n tasks
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from prmlab.config import Config
-
-
-def evaluate_into(cfg: Config, policy: str, ckpt: str | Path | None, out_dir: str | Path, model, tokenizer,
-                  exec_cache: str | Path | None = None, progress: bool = True):
-    """:func:`prmlab.evaluation.stage.run_eval` of the policy in ``ckpt`` (None: the base), written to ``out_dir``
-    (``<policy>.json``); a result already there with the same evaluation config is read back."""
-    from prmlab.evaluation.stage import eval_tasks, evaluate_policy, file_stem, load_result
-    from prmlab.models import policy_model
-    from prmlab.sandbox import Sandbox
-
-    out_dir = Path(out_dir)
-    path = out_dir / f"{file_stem(policy)}.json"
-    if path.exists():
-        done = load_result(path)
-        if done.config == dataclasses.asdict(cfg.evaluation):
-            return done
-    out_dir.mkdir(parents=True, exist_ok=True)
-    box_cfg = dataclasses.replace(cfg.sandbox, allow_execution=True)
-    with policy_model(model, cfg.model, ckpt) as pm, Sandbox(box_cfg, cache_dir=exec_cache) as box:
-        result = evaluate_policy(pm, tokenizer, eval_tasks(cfg), cfg, box.run_many, policy, out_dir, progress)
-    path.write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n", encoding="utf-8")
-    return result
 
 
 @dataclass(frozen=True)

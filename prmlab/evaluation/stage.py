@@ -148,37 +148,53 @@ def load_result(path: Path) -> EvalResult:
     return EvalResult(**data)
 
 
+def saved_result(path: Path, cfg: EvalConfig) -> EvalResult | None:
+    """The result at ``path`` if it was computed with this evaluation config (then it is reused), else None."""
+    if not path.exists():
+        return None
+    done = load_result(path)
+    return done if done.config == dataclasses.asdict(cfg) else None
+
+
+def evaluate_into(cfg: Config, policy: str, ckpt: str | Path | None, out_dir: str | Path, model, tokenizer,
+                  exec_cache: str | Path | None = None, progress: bool = True) -> EvalResult:
+    """Evaluate the policy in ``ckpt`` (None: the base) on :func:`eval_tasks` into ``out_dir/<policy>.json`` (with
+    its samples and the sandbox's protections beside it); a result already there with the same evaluation config is
+    read back instead. Execution must already be allowed (:func:`run_eval` checks it)."""
+    from prmlab.sandbox import Sandbox
+
+    out_dir = Path(out_dir)
+    path = out_dir / f"{file_stem(policy)}.json"
+    done = saved_result(path, cfg.evaluation)
+    if done is not None:
+        return done
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sandbox_cfg = dataclasses.replace(cfg.sandbox, allow_execution=True)
+    with policy_model(model, cfg.model, ckpt) as pm, Sandbox(sandbox_cfg, cache_dir=exec_cache) as box:
+        record_sandbox(out_dir, box.provenance())
+        result = evaluate_policy(pm, tokenizer, eval_tasks(cfg), cfg, box.run_many, policy, out_dir, progress)
+    path.write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n", encoding="utf-8")
+    return result
+
+
 def run_eval(cfg: Config, run_dir: str | Path, policy: str = "base", allow_execution: bool = False,
              progress: bool = True, model=None, tokenizer=None) -> EvalResult:
     """Evaluate ``policy`` (``base`` or an RL checkpoint) on the held-out tasks into ``run_dir/eval/``.
 
-    The base model is loaded unless given; an RL policy's adapter comes from its checkpoint
-    (:func:`prmlab.runs.policy_checkpoint`). A result already written with the same evaluation config is returned
-    as it is.
+    The base model is loaded unless given (and not at all when the result is already there); an RL policy's adapter
+    comes from its checkpoint (:func:`prmlab.runs.policy_checkpoint`); programs are cached in ``run_dir/exec_cache``.
     """
-    from prmlab.sandbox import Sandbox
-
     if not (allow_execution or cfg.sandbox.allow_execution):
         raise ExecutionNotAllowed("Evaluation executes model-generated programs: pass --allow-execution (or "
                                   "allow_execution=True) after reading docs/safety.md.")
     run_dir = Path(run_dir)
-    out_dir = run_dir / "eval"
-    path = out_dir / f"{file_stem(policy)}.json"
-    if path.exists():
-        done = load_result(path)
-        if done.config == dataclasses.asdict(cfg.evaluation):
-            return done
-    ckpt = policy_checkpoint(run_dir, policy)
+    done = saved_result(run_dir / "eval" / f"{file_stem(policy)}.json", cfg.evaluation)
+    if done is not None:
+        return done
     if model is None or tokenizer is None:
         from prmlab.models import load_base_model, load_tokenizer
 
         tokenizer = tokenizer or load_tokenizer(cfg.model)
         model = model if model is not None else load_base_model(cfg.model)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tasks = eval_tasks(cfg)
-    sandbox_cfg = dataclasses.replace(cfg.sandbox, allow_execution=True)
-    with policy_model(model, cfg.model, ckpt) as pm, Sandbox(sandbox_cfg, cache_dir=run_dir / "exec_cache") as box:
-        record_sandbox(out_dir, box.provenance())
-        result = evaluate_policy(pm, tokenizer, tasks, cfg, box.run_many, policy, out_dir, progress)
-    path.write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n", encoding="utf-8")
-    return result
+    return evaluate_into(cfg, policy, policy_checkpoint(run_dir, policy), run_dir / "eval", model, tokenizer,
+                         run_dir / "exec_cache", progress)
