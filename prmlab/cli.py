@@ -5,6 +5,7 @@
     prmlab train-prm  --preset tiny                 train the PRM on runs/<name>/labels.jsonl
     prmlab rl         --preset tiny --variant dense+value-init --allow-execution   PPO -> runs/<name>/rl/<variant>/
     prmlab eval       --preset tiny --policy rl/sparse --allow-execution   held-out pass@1 -> runs/<name>/eval/
+    prmlab best-of-n  --preset tiny --policy base --n 8 --allow-execution   PRM reranking vs random pick and oracle
     prmlab study      --preset tiny --allow-execution   every configuration over 3 seeds -> runs/<name>-study/
     prmlab report     --preset tiny                 runs/<name>/report.md and figures/ for the stages that ran
     prmlab doctor                                   the sandbox's protections on this machine and its self-test
@@ -88,6 +89,13 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", parents=[common, execution], help="held-out pass@1 of a policy")
     ev.add_argument("--policy", default="base",
                     help="'base' (default), 'rl/<variant>' (its last checkpoint) or 'rl/<variant>/<checkpoint>'")
+    bon = sub.add_parser("best-of-n", parents=[common, execution],
+                         help="the PRM at test time: best-of-N reranking vs a random pick and the oracle")
+    bon.add_argument("--policy", default="base",
+                     help="'base' (default), 'rl/<variant>' (its last checkpoint) or 'rl/<variant>/<checkpoint>'")
+    bon.add_argument("--n", type=int, default=8, help="candidates per task (default: 8)")
+    bon.add_argument("--temperature", type=float, default=1.0,
+                     help="sampling temperature of the candidates (default: 1.0; at 0.2 they mostly repeat)")
     st = sub.add_parser("study", parents=[common, execution],
                         help="the Table 1 analogue: every RL configuration over seeds, with intervals (resumable)")
     st.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default: 0 1 2)")
@@ -177,6 +185,10 @@ def _run(args: argparse.Namespace) -> int:
         _rl(cfg, run_dir, args.variant, args.allow_execution)
     elif args.command == "eval":
         _eval(cfg, run_dir, args.policy, args.allow_execution)
+    elif args.command == "best-of-n":
+        from prmlab.evaluation.best_of_n import run_best_of_n
+
+        print(f"[best-of-n] {run_best_of_n(cfg, run_dir, args.policy, args.n, args.temperature, allow_execution=args.allow_execution)}")
     elif args.command == "study":
         from prmlab.evaluation.study import CONFIGURATIONS, run_study
 

@@ -118,6 +118,23 @@ def eval_table(evals: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def best_of_n_table(run_dir: Path) -> list[str]:
+    """Markdown rows: per ``eval/*.best_of_n.json``, the PRM's pick (each aggregation) against a random pick and
+    the oracle (any of N passes), with the paired difference PRM - random."""
+    out = []
+    for path in sorted((run_dir / "eval").glob("*.best_of_n.json")):
+        r = json.loads(path.read_text(encoding="utf-8"))
+        for how, s in r["summaries"].items():
+            if not out:
+                out = ["| policy | N | T | score | PRM pick [95% CI] | random pick | oracle | PRM - random [95% CI], p |",
+                       "|---|---|---|---|---|---|---|---|"]
+            tag = f"{how} (default)" if how == r["default"] else how
+            out.append(f"| {r['policy']} | {r['n']} | {r['temperature']:g} | {tag} | {s['prm']:.1%} "
+                       f"[{s['prm_ci'][0]:.1%}, {s['prm_ci'][1]:.1%}] | {s['random']:.1%} | {s['oracle']:.1%} | "
+                       f"{s['diff']:+.1%} [{s['diff_ci'][0]:+.1%}, {s['diff_ci'][1]:+.1%}], p={s['p_value']:.3f} |")
+    return out
+
+
 def _save(axes_or_figure, path: Path, plt) -> str:
     fig = axes_or_figure if isinstance(axes_or_figure, plt.Figure) else axes_or_figure.figure
     fig.savefig(path, dpi=120, bbox_inches="tight")
@@ -161,6 +178,9 @@ def write_report(run_dir: str | Path) -> Path:
         made.append(_save(plots.plot_pass_at_1(rows), figures / "eval_pass_at_1.png", plt))
         made.append(_save(plots.plot_pass_by_length(rows), figures / "eval_pass_by_length.png", plt))
         lines += ["", "## Held-out evaluation (one seed; intervals over tasks)", "", *eval_table(evals)]
+    bon = best_of_n_table(run_dir) if (run_dir / "eval").is_dir() else []
+    if bon:
+        lines += ["", "## The PRM at test time: best-of-N reranking (held-out tasks)", "", *bon]
     lines += ["", "Figures:", ""] + [f"![{m}]({m})" for m in made]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -116,3 +116,29 @@ def test_run_best_of_n_end_to_end_on_a_tiny_model(tmp_path):
     assert again.config["prm"] != r.config["prm"] and path.stat().st_mtime_ns != before
     assert again.per_task_random == r.per_task_random  # the same samples and verdicts
     assert len((tmp_path / "eval" / "base.best_of_n-3-t1.samples.jsonl").read_text().splitlines()) == 12
+
+
+def test_report_shows_a_best_of_n_result_next_to_random_and_oracle(tmp_path):
+    from prmlab.report import best_of_n_table
+
+    res = best_of_n_result("base", ["a", "b", "c"], N_LINES, TASKS, n=3, temperature=1.0, n_boot=200,
+                           config={"n": 3})
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "base.best_of_n.json").write_text(json.dumps(dataclasses.asdict(res)))
+    rows = best_of_n_table(tmp_path)
+    assert len(rows) == 2 + 2  # header, rule, one row per aggregation
+    by_how = {r.split(" | ")[3]: r for r in rows[2:]}
+    assert set(by_how) == {"min (default)", "last"}
+    # PRM pick 2/3 by min and 1/3 by last (hand-computed in the test above); oracle 2/3 (tasks a and c)
+    assert "| 66.7% [" in by_how["min (default)"] and "| 33.3% [" in by_how["last"]
+    assert f"| {res.summaries['min'].random:.1%} | 66.7% |" in by_how["min (default)"]
+    (tmp_path / "other" / "eval").mkdir(parents=True)
+    assert best_of_n_table(tmp_path / "other") == []  # no best-of-N run: no section
+
+
+def test_cli_best_of_n_parses_and_refuses_a_bad_n_in_one_sentence(tmp_path, capsys):
+    from prmlab.cli import main
+
+    assert main(["best-of-n", "--run-dir", str(tmp_path), "--n", "0", "--allow-execution"]) == 2
+    err = capsys.readouterr().err
+    assert "n >= 1" in err and "Traceback" not in err

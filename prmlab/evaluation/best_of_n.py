@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from prmlab.config import Config
-from prmlab.errors import ExecutionNotAllowed
+from prmlab.errors import ConfigError, ExecutionNotAllowed
 from prmlab.evaluation.passk import (bootstrap_over_tasks, group_by_bucket, line_bucket_names, line_buckets,
                                      paired_comparison)
 from prmlab.evaluation.rerank import AGGREGATIONS, Candidate, RerankResult, rerank
@@ -253,7 +253,8 @@ def run_best_of_n(cfg: Config, run_dir: str | Path, policy: str = "base", n: int
         raise ExecutionNotAllowed("Best-of-N reranking executes model-generated programs: pass --allow-execution "
                                   "(or allow_execution=True) after reading docs/safety.md.")
     if n < 1 or temperature <= 0:
-        raise ValueError(f"best-of-N needs n >= 1 and temperature > 0, got n={n}, temperature={temperature}")
+        raise ConfigError(f"Best-of-N needs n >= 1 and temperature > 0, got n={n}, temperature={temperature}: pass "
+                          f"e.g. --n 8 --temperature 1.0.")
     run_dir = Path(run_dir)
     prm_dir = run_dir / "prm"
     if not (prm_dir / "config.json").exists():
