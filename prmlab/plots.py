@@ -263,9 +263,26 @@ def plot_pass_by_length(rows: Sequence[Any], ax=None):
     return fig
 
 
-def plot_rl_curves(curves: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]], key: str = "pass_rate", ax=None):
+def moving_average(values: Sequence[float], window: int) -> list[float]:
+    """Trailing mean over the last ``window`` values: a_i = (1/w_i) * sum_{j=i-w_i+1..i} v_j with
+    w_i = min(window, i + 1), so the first points average what exists so far (no lag-free centring, no padding)."""
+    if window < 1:
+        raise ValueError(f"window must be >= 1, got {window}")
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(window, i + 1))
+    return out
+
+
+def plot_rl_curves(curves: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]], key: str = "pass_rate", ax=None,
+                   smooth: int = 5):
     """A metric of ``metrics.jsonl`` against the PPO iteration, one line per configuration (mean over its seeds,
-    the seeds' range shaded). ``curves``: configuration -> one list of metric rows per seed."""
+    the seeds' range shaded). ``curves``: configuration -> one list of metric rows per seed. With ``smooth`` > 1 the
+    line is the trailing :func:`moving_average` over that many iterations (one iteration's 32 rollouts are noisy)
+    and the raw per-iteration mean is drawn faintly behind it."""
     fig, ax = axes(ax, (6.5, 3.2))
     for name, runs in curves.items():
         runs = [r for r in runs if r]
@@ -275,10 +292,19 @@ def plot_rl_curves(curves: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]], 
         vals = [[float(r[i].get(key, float("nan"))) for i in range(n)] for r in runs]  # (S, n)
         xs = [runs[0][i].get("iteration", i + 1) for i in range(n)]
         mean = [sum(col) / len(col) for col in zip(*vals)]
-        (line,) = ax.plot(xs, mean, label=f"{name} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")
+        label = f"{name} ({len(runs)} seed{'s' if len(runs) > 1 else ''})"
+        if smooth > 1:
+            label += f", mean of last {smooth}"
+            (line,) = ax.plot(xs, moving_average(mean, smooth), label=label)
+            ax.plot(xs, mean, color=line.get_color(), alpha=0.25, linewidth=0.8)
+        else:
+            (line,) = ax.plot(xs, mean, label=label)
         if len(runs) > 1:
-            ax.fill_between(xs, [min(c) for c in zip(*vals)], [max(c) for c in zip(*vals)], color=line.get_color(),
-                            alpha=0.15)
+            lo = [min(c) for c in zip(*vals)]
+            hi = [max(c) for c in zip(*vals)]
+            if smooth > 1:
+                lo, hi = moving_average(lo, smooth), moving_average(hi, smooth)
+            ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15)
     ax.set_xlabel("PPO iteration")
     ax.set_ylabel(key.replace("_", " "))
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)

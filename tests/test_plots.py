@@ -108,3 +108,24 @@ def test_token_view_marks_the_line_end_tokens():
     assert page.count("↵") == 2 and page.count("color:#aaa") == 3
     shared = token_view_html(pieces, positions=[7, 7])
     assert ">1,2</sup>" in shared  # two lines read at one token
+
+
+def test_moving_average_by_hand():
+    from prmlab.plots import moving_average
+
+    assert moving_average([1.0, 3.0, 2.0, 6.0], 2) == [1.0, 2.0, 2.5, 4.0]
+    assert moving_average([1.0, 3.0, 2.0, 6.0], 3) == [1.0, 2.0, 2.0, pytest.approx(11 / 3)]
+    assert moving_average([4.0, 0.0], 1) == [4.0, 0.0] and moving_average([], 5) == []
+    with pytest.raises(ValueError):
+        moving_average([1.0], 0)
+
+
+def test_rl_curves_draw_the_smoothed_mean_over_the_faint_raw_one():
+    from prmlab.plots import plot_rl_curves
+
+    rows = [{"iteration": i + 1, "pass_rate": v} for i, v in enumerate([0.0, 1.0, 0.0, 1.0])]
+    fig = plot_rl_curves({"sparse": [rows]}, smooth=2)
+    smoothed, raw = fig.axes[0].lines
+    assert list(smoothed.get_ydata()) == [0.0, 0.5, 0.5, 0.5] and list(raw.get_ydata()) == [0.0, 1.0, 0.0, 1.0]
+    assert "mean of last 2" in fig.axes[0].get_legend().get_texts()[0].get_text()
+    assert len(plot_rl_curves({"sparse": [rows]}, smooth=1).axes[0].lines) == 1
