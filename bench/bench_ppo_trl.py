@@ -64,16 +64,35 @@ def maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
-class PeakSampler:
-    """Highest RSS seen every ``period`` seconds while active (a background thread)."""
+MEM_CAP_MB = [0.0]
+"""The worker's RSS cap (``--mem-cap-mb``): past it the worker stops itself and reports the cap as a lower bound."""
 
-    def __init__(self, period: float = 0.005):
-        self.period, self.peak, self._stop = period, 0.0, threading.Event()
+
+def mem_available_mb() -> float:
+    with open("/proc/meminfo") as f:
+        return next(int(ln.split()[1]) for ln in f if ln.startswith("MemAvailable:")) / 1024
+
+
+def over_cap(side: str, peak: float) -> None:
+    """Report a side that passed the memory cap and end the process at once (before the kernel's OOM killer picks
+    a process on this shared machine, possibly someone else's)."""
+    print("RESULT " + json.dumps({"side": side, "over_cap_mb": MEM_CAP_MB[0], "peak_seen_mb": peak}), flush=True)
+    os._exit(3)
+
+
+class PeakSampler:
+    """Highest RSS seen every ``period`` seconds while active (a background thread); past ``MEM_CAP_MB`` the
+    process reports it and exits."""
+
+    def __init__(self, side: str = "", period: float = 0.005):
+        self.side, self.period, self.peak, self._stop = side, period, 0.0, threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self.peak = max(self.peak, rss_mb())
+            if MEM_CAP_MB[0] and self.peak > MEM_CAP_MB[0]:
+                over_cap(self.side, self.peak)
             time.sleep(self.period)
 
     def __enter__(self) -> "PeakSampler":
@@ -178,7 +197,7 @@ def worker_prmlab(preset_name: str, epochs: int) -> dict:
             return out
 
         loaded_rss = rss_mb()
-        with PeakSampler() as peak:
+        with PeakSampler("prmlab") as peak:
             t0 = time.perf_counter()
             row = ppo_iteration(state, rl, tasks, execute, token_healing=cfg.sampling.token_healing)
             seconds = time.perf_counter() - t0
@@ -240,7 +259,7 @@ def worker_trl(preset_name: str, epochs: int) -> dict:
     lengths: list[float] = []
     trainer.log = lambda logs, *a, **k: lengths.append(logs.get("val/num_eos_tokens", -1))  # no printing
     loaded_rss = rss_mb()
-    with PeakSampler() as peak:
+    with PeakSampler("trl") as peak:
         t0 = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - t0
@@ -250,12 +269,14 @@ def worker_trl(preset_name: str, epochs: int) -> dict:
             "trainable_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)}
 
 
-def worker(side: str, preset_name: str, epochs: int) -> None:
+def worker(side: str, preset_name: str, epochs: int, cap_mb: float) -> None:
     import torch
 
     torch.set_num_threads(1)
     torch.set_num_interop_threads(1)
-    result = (worker_prmlab if side == "prmlab" else worker_trl)(preset_name, epochs)
+    MEM_CAP_MB[0] = cap_mb
+    with PeakSampler(side):  # the cap also holds while loading
+        result = (worker_prmlab if side == "prmlab" else worker_trl)(preset_name, epochs)
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -267,14 +288,20 @@ def load_avg() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def run_side(side: str, preset_name: str, epochs: int) -> dict:
-    cmd = [sys.executable, __file__, "--worker", side, "--preset", preset_name, "--epochs", str(epochs)]
+def run_side(side: str, preset_name: str, epochs: int, cap_mb: float) -> dict:
+    cmd = [sys.executable, __file__, "--worker", side, "--preset", preset_name, "--epochs", str(epochs),
+           "--mem-cap-mb", f"{cap_mb:.0f}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
            "TRL_EXPERIMENTAL_SILENCE": "1", "PYTHONWARNINGS": "ignore"}
     before = load_avg()
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if lines and "over_cap_mb" in lines[-1]:
+        print(f"{side} on {preset_name} passed the memory cap of {cap_mb:.0f} MB and stopped itself after "
+              f"{time.perf_counter() - t0:.0f} s wall; load {load_avg()}", flush=True)
+        return {**json.loads(lines[-1][len("RESULT "):]), "failed": "memory cap", "wall_s": time.perf_counter() - t0,
+                "load_before": before}
     if proc.returncode != 0 or not lines:  # e.g. -9: killed by the kernel's OOM killer (see `dmesg`)
         sys.stderr.write(proc.stdout[-2000:] + proc.stderr[-3000:])
         print(f"{side} on {preset_name} FAILED (exit {proc.returncode}) after {time.perf_counter() - t0:.0f} s "
@@ -311,19 +338,33 @@ def summarise(pairs: list[tuple[dict, dict]]) -> dict:
 TARGET_MEM = {"tiny": 0.6, "cpu-real": 0.5}
 
 
+def bound(runs: list[dict]) -> str:
+    """The memory ratio's upper bound when TRL passed the cap and prmlab finished (TRL's peak >= the cap)."""
+    ok = [r for r in runs if "failed" not in r["prmlab"] and "over_cap_mb" in r["trl"]]
+    if not ok:
+        return ""
+    ratios = [r["prmlab"]["maxrss_mb"] / r["trl"]["over_cap_mb"] for r in ok]
+    return (f"; TRL passed the {ok[0]['trl']['over_cap_mb']:.0f} MB cap: maxrss ratio <= {max(ratios):.2f} "
+            f"(prmlab {ok[0]['prmlab']['maxrss_mb']:.0f} MB, {ok[0]['prmlab']['seconds']:.0f} s)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default="tiny,cpu-real", help="presets whose model to use: tiny (toy-coder), "
                     "cpu-real (SmolLM2-135M-Instruct, 4-bit)")
     ap.add_argument("--repeats", type=int, default=2, help="prmlab/TRL pairs per model, alternating order")
     ap.add_argument("--epochs", type=int, default=1, help="PPO epochs of both sides (minibatches of 8)")
+    ap.add_argument("--mem-cap-mb", type=float, default=0.0, help="a side whose RSS passes this stops itself and "
+                    "counts as 'at least the cap' (default: 85%% of the memory available at the start, so that "
+                    "the kernel's OOM killer never has to pick a process on a shared machine)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench" / "ppo_trl.json"))
     ap.add_argument("--worker", choices=("prmlab", "trl"), help=argparse.SUPPRESS)
     ap.add_argument("--preset", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
-        worker(a.worker, a.preset, a.epochs)
+        worker(a.worker, a.preset, a.epochs, a.mem_cap_mb)
         return
+    cap_mb = a.mem_cap_mb or 0.85 * mem_available_mb()
     import importlib.util
 
     if importlib.util.find_spec("trl") is None:
@@ -337,7 +378,7 @@ def main() -> None:
             order = ("prmlab", "trl") if r % 2 == 0 else ("trl", "prmlab")
             got = {}
             for side in order:
-                got[side] = run_side(side, name, a.epochs)
+                got[side] = run_side(side, name, a.epochs, cap_mb)
                 g = got[side]
                 if "failed" in g:
                     continue
@@ -357,7 +398,7 @@ def main() -> None:
     for name, m in report["models"].items():
         s = m["summary"]
         if not s:
-            print(f"{name:9s} no complete pair (a side failed: see above)")
+            print(f"{name:9s} no complete pair (a side failed: see above)" + bound(m["runs"]))
             continue
         print(f"{name:9s} {s['prmlab_s']:9.1f} {s['prmlab_exec_s']:7.1f} {s['trl_s']:7.1f} {s['time_ratio']:6.2f} "
               f"{s['time_ratio_no_exec']:7.2f} {s['prmlab_maxrss_mb']:6.0f}/{s['trl_maxrss_mb']:<7.0f} "
