@@ -345,19 +345,24 @@ def test_training_again_on_the_same_model_starts_from_the_base(tiny, tmp_path):
 
     prm = _fresh(tiny)  # adapter weights perturbed, as after a training run
     again = new_prm(ModelConfig(), model=prm.model, tokenizer=tiny[1])
-    assert all(float(p.abs().sum()) == 0 for n, p in again.model.named_parameters() if "lora_B.prm" in n)
+    assert all(float(p.detach().abs().sum()) == 0 for n, p in again.model.named_parameters() if "lora_B.prm" in n)
     assert all(s == 0 for r in again.score(PROGRAMS) for s in r.scores), "fresh adapter and zero head predict 0"
 
 
-def test_label_drift_set_labels_held_out_tasks_with_a_shifted_policy(tiny, tmp_path):
+def _drift_cfg():
     from prmlab.config import preset
+
+    return preset("tiny").replace(tasks={"n_train": 3, "n_eval": 2, "max_lines": 3},
+                                  sampling={"n_samples": 2, "max_new_tokens": 12, "batch_size": 8},
+                                  labels={"k": 2, "chunk": 1, "max_new_tokens": 12, "group_size": 4})
+
+
+def test_label_drift_set_labels_held_out_tasks_with_the_temperature_proxy(tiny, tmp_path):
     from prmlab.prm.stage import label_drift_set
     from prmlab.tasks import load_tasks
     from prmlab.records import read_jsonl
 
-    cfg = preset("tiny").replace(tasks={"n_train": 3, "n_eval": 2, "max_lines": 3},
-                                 sampling={"n_samples": 2, "max_new_tokens": 12, "batch_size": 8},
-                                 labels={"k": 2, "chunk": 1, "max_new_tokens": 12, "group_size": 4})
+    cfg = _drift_cfg()
     with pytest.raises(PermissionError):
         label_drift_set(cfg, tmp_path, n_tasks=2, temperature=0.5)
     recs = label_drift_set(cfg, tmp_path, n_tasks=2, temperature=0.5, allow_execution=True, model=tiny[0],
@@ -367,7 +372,84 @@ def test_label_drift_set_labels_held_out_tasks_with_a_shifted_policy(tiny, tmp_p
     assert {r.policy for r in recs} == {"base@T0.5"}
     assert [r.response_id for r in read_jsonl(tmp_path / "labels_drift.jsonl", LineLabels)] == \
         [r.response_id for r in recs]
-    assert json.loads((tmp_path / "drift" / "config.json").read_text())["sampling"]["temperature"] == 0.5
+    assert json.loads((tmp_path / "drift" / "base@T0.5" / "config.json").read_text())["sampling"]["temperature"] == 0.5
+
+
+def _scores(task, scores, labels, category="revised"):
+    return LineScores(task, f"{task}/{len(scores)}", tuple("x" for _ in scores), tuple(scores), tuple(labels),
+                      meta={"category": category})
+
+
+def test_task_bootstrap_difference_by_hand():
+    from prmlab.prm.metrics import line_accuracy
+    from prmlab.prm.stage import task_bootstrap_difference
+
+    # task a: base gets 1 of 2 lines right, drifted 2 of 2; task b: base 2 of 2, drifted 0 of 2
+    base = [_scores("a", [0.5, -0.5], [1, 1]), _scores("b", [0.5, -0.5], [1, -1])]
+    drifted = [_scores("a", [0.5, 0.5], [1, 1]), _scores("b", [-0.5, 0.5], [1, -1])]
+    d, lo, hi = task_bootstrap_difference(base, drifted, line_accuracy, n_boot=200, seed=0)
+    assert d == pytest.approx(2 / 4 - 3 / 4)  # pooled lines: drifted 2 of 4, base 3 of 4
+    # every resample is {a, a}, {b, b} or {a, b}: differences +0.5, -1.0, -0.25
+    assert lo == pytest.approx(-1.0) and hi == pytest.approx(0.5)
+    same = task_bootstrap_difference(base, base, line_accuracy, n_boot=50, seed=0)
+    assert same == (0.0, 0.0, 0.0)
+
+
+def test_drift_policy_prefers_the_sparse_runs_last_kept_checkpoint(tmp_path):
+    from prmlab.prm.stage import drift_policy
+
+    def ckpt(variant, name):
+        path = tmp_path / "rl" / variant / "checkpoints" / name / "policy"
+        path.mkdir(parents=True)
+        (path / "adapter_model.safetensors").write_bytes(b"")
+
+    proxy = drift_policy(tmp_path, temperature=0.7)
+    assert proxy.is_proxy and proxy.name == "base@T0.7" and proxy.checkpoint is None
+    ckpt("dense", "last")
+    assert drift_policy(tmp_path).name == "rl/dense" and not drift_policy(tmp_path).is_proxy
+    ckpt("sparse", "last")
+    assert drift_policy(tmp_path).name == "rl/sparse"
+    ckpt("sparse", "rl-100")
+    got = drift_policy(tmp_path)
+    assert got.name == "rl/sparse/rl-100" and got.checkpoint == tmp_path / "rl" / "sparse" / "checkpoints" / "rl-100"
+    assert got.slug == "rl-sparse-rl-100"
+
+
+def test_measure_drift_labels_an_rl_checkpoint_and_the_base_on_the_same_held_out_tasks(tiny, tmp_path):
+    """The real-checkpoint path: the policy adapter loaded from rl/sparse/rl-100, labelled like the training data."""
+    from prmlab.models import ROLES, add_adapters
+    from prmlab.prm.model import new_prm
+    from prmlab.prm.stage import measure_drift
+    from prmlab.records import read_jsonl
+    from prmlab.tasks import load_tasks
+    from prmlab.testing import tiny_model
+
+    cfg = _drift_cfg()
+    prm = new_prm(cfg.model, model=tiny_model(tiny[1], seed=0), tokenizer=tiny[1])
+    peft = add_adapters(prm.model, cfg.model, ROLES)
+    with torch.no_grad():  # a "trained" policy, saved as the sparse run's last kept checkpoint, then forgotten
+        for name, p in peft.named_parameters():
+            if "lora_B.policy" in name:
+                p.add_(torch.randn_like(p) * 0.5)
+        peft.save_pretrained(tmp_path / "rl" / "sparse" / "checkpoints" / "rl-100", selected_adapters=["policy"])
+        for name, p in peft.named_parameters():
+            if "lora_B.policy" in name:
+                p.zero_()
+    with pytest.raises(PermissionError):
+        measure_drift(cfg, tmp_path, prm, n_tasks=2)
+    result = measure_drift(cfg, tmp_path, prm, n_tasks=2, allow_execution=True, progress=False, n_boot=50)
+    assert result.policy == "rl/sparse/rl-100" and not result.proxy and result.n_tasks == 2
+    eval_ids = [t.task_id for t in load_tasks(cfg.tasks, "eval")]
+    base = read_jsonl(tmp_path / "drift" / "base" / "labels.jsonl", LineLabels)
+    rl = read_jsonl(tmp_path / "drift" / "rl-sparse-rl-100" / "labels.jsonl", LineLabels)
+    assert {r.task_id for r in base} == {r.task_id for r in rl} == set(eval_ids[:2])
+    assert len(base) == len(rl) == 4 and {r.policy for r in rl} == {"rl/sparse/rl-100"}
+    assert [r.completions for r in rl] != [r.completions for r in base], "the checkpoint's weights were sampled"
+    assert result.base["n_responses"] == result.drifted["n_responses"] == 4
+    saved = json.loads((tmp_path / "drift" / "result.json").read_text())
+    assert saved["policy"] == "rl/sparse/rl-100" and set(saved["difference"]) == {"accuracy", "auc",
+                                                                                  "accuracy_failing"}
+    assert "RL checkpoint" in str(result) and "PROXY" not in str(result)
 
 
 def test_train_result_prints_one_line_summary():

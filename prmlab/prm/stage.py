@@ -2,7 +2,8 @@
 
     train_prm(labels, cfg, model_cfg, out_dir) -> PRMTrainResult     split by task, early stopping, best checkpoint
     run_prm(cfg, run_dir)                                            what ``prmlab train-prm`` and notebook 02 call
-    label_drift_set(cfg, run_dir, ...)                               labels of a shifted policy, for PRM drift
+    measure_drift(cfg, run_dir, prm, n_tasks)                        the PRM on an RL checkpoint's samples vs the base's
+    label_drift_set(cfg, run_dir, ...)                               the temperature proxy's labels (no RL yet)
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Sequence
+import shutil
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,15 +21,14 @@ from typing import Any
 import torch
 
 from prmlab.config import Config, ModelConfig, PRMConfig
-from prmlab.errors import MissingArtifact, NotEnoughData
-from prmlab.models import use_adapter
+from prmlab.errors import ExecutionNotAllowed, MissingArtifact, NotEnoughData
+from prmlab.models import load_base_model, load_tokenizer, policy_model, use_adapter
 from prmlab.prm.data import Example, batches, collate, select_data, split_by_task, task_pass_rates
 from prmlab.prm.baselines import quality
-from prmlab.prm.metrics import evaluate
+from prmlab.prm.metrics import bootstrap_interval, evaluate, first_error_auc, flatten, line_accuracy
 from prmlab.prm.model import PRM, new_prm, prm_loss, raw_to_score, save_prm
-from prmlab.labels.stage import run_labeling
-from prmlab.records import LineLabels, LineScores, read_jsonl, write_jsonl
-from prmlab.runs import log_metrics, provenance, seed_everything
+from prmlab.records import LineLabels, LineScores, Task, read_jsonl, write_jsonl
+from prmlab.runs import init_run_dir, log_metrics, policy_checkpoint, provenance, record_sandbox, seed_everything
 from prmlab.tasks import load_tasks
 
 
@@ -189,23 +191,183 @@ def run_prm(cfg: Config, run_dir: str | Path, model=None, tokenizer=None, progre
     return result
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# accuracy under policy drift: the PRM on samples of a later policy against samples of the base, same held-out tasks
+
+DRIFT_DIR = "drift"
+
+
+@dataclass(frozen=True)
+class DriftPolicy:
+    """The policy whose samples measure the PRM under drift: an RL checkpoint, or (no RL yet) the temperature proxy."""
+
+    name: str
+    """``rl/<variant>[/<checkpoint>]`` (:func:`prmlab.runs.policy_checkpoint`), ``base``, or ``base@T<temperature>``."""
+    checkpoint: Path | None = None
+    """The policy adapter's checkpoint directory; None: the base model."""
+    temperature: float | None = None
+    """Sampling temperature instead of ``cfg.sampling.temperature`` (the proxy only)."""
+
+    @property
+    def is_proxy(self) -> bool:
+        return self.temperature is not None
+
+    @property
+    def slug(self) -> str:
+        """Its folder name under ``run_dir/drift/``."""
+        return self.name.replace("/", "-")
+
+
+def drift_policy(run_dir: str | Path, temperature: float = 0.5) -> DriftPolicy:
+    """The RL checkpoint whose samples measure drift: the ``sparse`` run's ``rl-100`` (the last of the checkpoints the
+    paper labels), else its ``last``, else the first other variant's ``last``; with no RL checkpoint in ``run_dir``
+    the fallback proxy: the base sampled at ``temperature``."""
+    rl = Path(run_dir) / "rl"
+    variants = ["sparse"] + sorted(p.name for p in rl.glob("*") if p.is_dir() and p.name != "sparse")
+    for name in ["rl/sparse/rl-100"] + [f"rl/{v}" for v in variants]:
+        ckpt = policy_checkpoint(run_dir, name)
+        if (ckpt / "policy" / "adapter_model.safetensors").exists():
+            return DriftPolicy(name, ckpt)
+    return DriftPolicy(f"base@T{temperature:g}", None, temperature)
+
+
+def _fingerprint(policy: DriftPolicy) -> dict[str, Any]:
+    """What identifies the sampled policy beyond the config: its adapter file's size and modification time."""
+    if policy.checkpoint is None:
+        return {"policy": policy.name}
+    st = (policy.checkpoint / "policy" / "adapter_model.safetensors").stat()
+    return {"policy": policy.name, "checkpoint": str(policy.checkpoint), "bytes": st.st_size, "mtime": st.st_mtime}
+
+
+def label_policy_samples(cfg: Config, run_dir: str | Path, policy: DriftPolicy, tasks: Sequence[Task],
+                         allow_execution: bool = False, model=None, tokenizer=None,
+                         progress: bool = True) -> list[LineLabels]:
+    """Sample ``policy`` on ``tasks`` and label its responses exactly as the training labels are labelled (the same
+    :class:`~prmlab.config.LabelConfig`: binary search, each prefix completed by the policy that wrote it), into
+    ``run_dir/drift/<slug>/`` (resumable; started over when the checkpoint's weights changed)."""
+    from prmlab.labels.driver import label_responses
+    from prmlab.labels.stage import make_completer, sample_responses_resumable
+    from prmlab.sandbox import Sandbox
+
+    if not (allow_execution or cfg.sandbox.allow_execution):
+        raise ExecutionNotAllowed("Labelling drift samples executes model-generated programs: pass "
+                                  "allow_execution=True after reading docs/safety.md.")
+    used = cfg if not policy.is_proxy else cfg.replace(sampling={"temperature": policy.temperature})
+    out = Path(run_dir) / DRIFT_DIR / policy.slug
+    stamp = out / "policy.json"
+    if stamp.exists() and json.loads(stamp.read_text(encoding="utf-8")) != _fingerprint(policy):
+        shutil.rmtree(out)  # samples of earlier weights: a cache, not a result
+    init_run_dir(out, used, used.seed)
+    stamp.write_text(json.dumps(_fingerprint(policy), indent=2) + "\n", encoding="utf-8")
+    if model is None or tokenizer is None:
+        tokenizer = tokenizer or load_tokenizer(cfg.model)
+        model = model or load_base_model(cfg.model)
+    sandbox_cfg = dataclasses.replace(cfg.sandbox, allow_execution=True)
+    with Sandbox(sandbox_cfg, cache_dir=Path(run_dir) / DRIFT_DIR / "exec_cache") as sandbox, \
+            policy_model(model, cfg.model, policy.checkpoint) as pm:
+        record_sandbox(out, sandbox.provenance())
+        responses = sample_responses_resumable(pm, tokenizer, tasks, used, out / "responses.jsonl", policy.name,
+                                               progress=progress)
+        label_responses(responses, {t.task_id: t for t in tasks}, cfg.labels, out / "labels.jsonl",
+                        make_completer(pm, tokenizer, used), sandbox.run_many, progress=progress)
+    wanted = {t.task_id for t in tasks}
+    return [r for r in read_jsonl(out / "labels.jsonl", LineLabels) if r.task_id in wanted]
+
+
+def task_bootstrap_difference(base: Sequence[LineScores], drifted: Sequence[LineScores],
+                              metric: Callable[[Sequence[float], Sequence[float]], float], n_boot: int = 1000,
+                              seed: int = 0) -> tuple[float, float, float]:
+    """``(d, lo, hi)``: d = metric(drifted) - metric(base) over all lines, and its 95% percentile interval when the
+    *tasks* are resampled (both sets resampled with the same task draw: paired by task).
+
+        I_b ~ Uniform{tasks}^n,  d_b = metric(drifted lines of I_b) - metric(base lines of I_b)
+
+    ``metric(scores, labels)`` is e.g. :func:`~prmlab.prm.metrics.line_accuracy`; resamples where it is nan are
+    dropped.
+    """
+    by_task: dict[str, tuple[list[LineScores], list[LineScores]]] = {}
+    for which, records in ((0, base), (1, drifted)):
+        for r in records:
+            by_task.setdefault(r.task_id, ([], []))[which].append(r)
+    tasks = sorted(by_task)
+
+    def on(idx) -> float:
+        parts = [flatten([r for i in idx for r in by_task[tasks[i]][w]]) for w in (0, 1)]
+        return metric(*parts[1]) - metric(*parts[0]) if all(p[0] for p in parts) else float("nan")
+
+    d = on(range(len(tasks)))
+    lo, hi = bootstrap_interval(lambda idx: on(idx), len(tasks), n_boot, seed=seed)
+    return d, lo, hi
+
+
+@dataclass
+class DriftResult:
+    """The PRM on samples of the base and of a drifted policy, on the same held-out tasks (``run_dir/drift/``)."""
+
+    policy: str
+    proxy: bool
+    """True: the drifted policy is the temperature proxy (no RL checkpoint existed)."""
+    n_tasks: int
+    base: dict[str, float]
+    drifted: dict[str, float]
+    difference: dict[str, list[float]]
+    """metric -> [drifted - base, lo, hi] (95% bootstrap over tasks, paired): ``accuracy`` (every line),
+    ``auc`` (first-error AUC), ``accuracy_failing`` (the lines of failing responses only: a policy that passes more
+    often has more all-+1 responses, which alone moves the overall accuracy)."""
+    categories: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        b, d = self.base, self.drifted
+        acc, auc, fail = (self.difference[k] for k in ("accuracy", "auc", "accuracy_failing"))
+        what = "temperature PROXY (no RL checkpoint yet)" if self.proxy else "RL checkpoint"
+        return (f"PRM under drift on {self.n_tasks} held-out tasks, {self.policy} ({what}) vs base: line accuracy "
+                f"{d['accuracy']:.3f} vs {b['accuracy']:.3f} ({acc[0]:+.3f} [{acc[1]:+.3f}, {acc[2]:+.3f}]), "
+                f"first-error AUC {d['auc']:.3f} vs {b['auc']:.3f} ({auc[0]:+.3f} [{auc[1]:+.3f}, {auc[2]:+.3f}]), "
+                f"accuracy on failing responses {d['accuracy_failing']:.3f} vs {b['accuracy_failing']:.3f} "
+                f"({fail[0]:+.3f} [{fail[1]:+.3f}, {fail[2]:+.3f}]); "
+                f"{d['n_responses']:.0f} and {b['n_responses']:.0f} responses")
+
+
+def measure_drift(cfg: Config, run_dir: str | Path, prm: PRM, n_tasks: int, policy: DriftPolicy | None = None,
+                  temperature: float = 0.5, allow_execution: bool = False, progress: bool = True,
+                  n_boot: int = 1000) -> DriftResult:
+    """The PRM's accuracy on samples of a later policy against its accuracy on base samples of the same tasks.
+
+    Both policies answer the first ``n_tasks`` held-out (eval) tasks, ``cfg.sampling.n_samples`` times each, and are
+    labelled by :func:`label_policy_samples`; ``policy`` defaults to :func:`drift_policy` (the sparse RL run's last
+    kept checkpoint; the temperature proxy only when the run has no RL checkpoint, flagged ``proxy``). Sampling uses
+    the PRM's model (its ``policy`` adapter holds the checkpoint while sampling). The result also goes to
+    ``run_dir/drift/result.json`` (the report's drift section).
+    """
+    policy = policy or drift_policy(run_dir, temperature)
+    tasks = load_tasks(cfg.tasks, "eval")[:n_tasks]
+    sets = {}
+    for p in (DriftPolicy("base"), policy):
+        sets[p.name] = label_policy_samples(cfg, run_dir, p, tasks, allow_execution, prm.model, prm.tokenizer,
+                                            progress)
+    scored = {k: prm.score_labels(v, cfg.prm.batch_size) for k, v in sets.items()}
+    base, drifted = scored["base"], scored[policy.name]
+    diff = {name: list(task_bootstrap_difference(base, drifted, fn, n_boot, seed=cfg.seed))
+            for name, fn in (("accuracy", line_accuracy), ("auc", first_error_auc))}
+    failing = [[r for r in s if r.meta.get("category") != "correct"] for s in (base, drifted)]
+    diff["accuracy_failing"] = list(task_bootstrap_difference(*failing, line_accuracy, n_boot, seed=cfg.seed))
+    metrics = [{**evaluate(s), "accuracy_failing": line_accuracy(*flatten(f)) if f else float("nan")}
+               for s, f in zip((base, drifted), failing)]
+    cats = {k: dict(Counter(r.category for r in v)) for k, v in sets.items()}
+    result = DriftResult(policy.name, policy.is_proxy, len(tasks), metrics[0], metrics[1], diff, cats)
+    path = Path(run_dir) / DRIFT_DIR / "result.json"
+    path.write_text(json.dumps(dataclasses.asdict(result), indent=2) + "\n", encoding="utf-8")
+    return result
+
+
 def label_drift_set(cfg: Config, run_dir: str | Path, n_tasks: int, temperature: float, allow_execution: bool = False,
                     model=None, tokenizer=None, progress: bool = True) -> list[LineLabels]:
-    """Labels of a *shifted* policy's responses on held-out tasks, for the PRM's accuracy under policy drift.
-
-    The policy is the base checkpoint sampled at ``temperature`` (instead of ``cfg.sampling.temperature``) with
-    another seed: a stand-in for a later RL checkpoint until one exists (then label that checkpoint's responses
-    and pass them instead). Labelling is the same as for the training data (same best-of-K completer), in
-    ``run_dir/drift/``; the records are returned with ``policy = "<policy>@T<temperature>"`` and also written to
-    ``run_dir/labels_drift.jsonl`` (what ``PRMConfig.drift_labels`` can point at).
-    """
-    run_dir = Path(run_dir)
-    shifted = cfg.replace(sampling={"temperature": temperature, "seed": cfg.sampling.seed + 1})
-    tasks = load_tasks(cfg.tasks, "eval")[:n_tasks]
-    run_labeling(shifted, run_dir / "drift", allow_execution=allow_execution, progress=progress, model=model,
-                 tokenizer=tokenizer, tasks=tasks)
-    wanted = {t.task_id for t in tasks}
-    records = [dataclasses.replace(r, policy=f"{r.policy}@T{temperature:g}")
-               for r in read_jsonl(run_dir / "drift" / "labels.jsonl", LineLabels) if r.task_id in wanted]
-    write_jsonl(run_dir / "labels_drift.jsonl", records)
+    """Labels of the *temperature proxy* for drift: the base sampled at ``temperature`` on the first ``n_tasks``
+    held-out tasks (:func:`label_policy_samples`, in ``run_dir/drift/base@T<temperature>/``), also written to
+    ``run_dir/labels_drift.jsonl`` (what ``PRMConfig.drift_labels`` can point at). Once an RL checkpoint exists,
+    measure drift on it instead (:func:`measure_drift`)."""
+    policy = DriftPolicy(f"base@T{temperature:g}", None, temperature)
+    records = label_policy_samples(cfg, run_dir, policy, load_tasks(cfg.tasks, "eval")[:n_tasks], allow_execution,
+                                   model, tokenizer, progress)
+    write_jsonl(Path(run_dir) / "labels_drift.jsonl", records)
     return records
