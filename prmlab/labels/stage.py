@@ -59,9 +59,8 @@ def sample_responses_resumable(model, tokenizer, tasks: Sequence[Task], cfg: Con
     done_ids = {r.response_id for r in have}
     done_tasks = {r.task_id for r in have if r.policy == policy}
     chunks = [list(tasks[i:i + chunk_tasks]) for i in range(0, len(tasks), chunk_tasks)]
-    for chunk in tqdm(chunks, desc=f"sampling {policy}", disable=not progress):
-        if all(t.task_id in done_tasks for t in chunk):
-            continue
+    todo = [c for c in chunks if not all(t.task_id in done_tasks for t in c)]  # no bar when all are there already
+    for chunk in tqdm(todo, desc=f"sampling {policy}", disable=not progress or not todo):
         new = [r for r in sample_responses(model, tokenizer, chunk, cfg.sampling, cfg.model.track, policy=policy,
                                            progress=False) if r.response_id not in done_ids]
         write_jsonl(path, new, append=True)
