@@ -15,3 +15,12 @@ def saved_tiny(tmp_path_factory):
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def notebook_runs(tmp_path_factory):
+    """One fresh run directory for the session's notebook runs, shared as ``runs/<preset>`` is by default: the
+    headless runs of tests/test_notebooks.py fill it from scratch (the slowest case; 03 trains all four RL
+    configurations as short runs, since no pipeline RL run is there to reuse), then tests/test_notebooks_browser.py
+    copies it into its clone so Run All in the browser reuses what they computed, as after ``prmlab pipeline``."""
+    return tmp_path_factory.mktemp("notebook-runs") / "tiny"

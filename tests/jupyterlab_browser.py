@@ -252,14 +252,14 @@ def rendered(page, mime: str, content: str) -> int:
 
 
 def screenshot_whole_notebook(page, path: Path, max_height: int = 20_000) -> None:
-    """A screenshot of the whole notebook: the viewport grows to the notebook's scroll height (capped), so every
-    cell is laid out and visible at once."""
-    height = page.evaluate(
-        "() => { const s = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-WindowedPanel-outer');"
-        " return s ? s.scrollHeight : 0; }")
+    """A screenshot of the whole notebook from its top: the viewport grows to the notebook's scroll height
+    (capped), so every cell is laid out and visible at once."""
+    outer = "document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-WindowedPanel-outer')"
+    height = page.evaluate(f"() => {{ const s = {outer}; return s ? s.scrollHeight : 0; }}")
     size = page.viewport_size
     page.set_viewport_size({"width": size["width"], "height": min(max_height, max(size["height"], height + 200))})
-    page.wait_for_timeout(1500)
+    page.evaluate(f"() => {{ const s = {outer}; if (s) s.scrollTop = 0; }}")
+    page.wait_for_timeout(2000)
     page.screenshot(path=str(path))
     page.set_viewport_size(size)
 
