@@ -74,14 +74,6 @@ def test_readme_opens_the_notebooks_with_an_installed_jupyterlab():
     assert any(d.startswith("jupyterlab==") for d in extras) and any(d.startswith("ipywidgets==") for d in extras)
 
 
-@pytest.fixture(scope="module")
-def notebook_runs(tmp_path_factory):
-    """One fresh run directory for the session, shared by 00-03 as runs/<preset> is by default, so the notebooks
-    compute everything they need from scratch (the slowest case; with the pipeline's run they reuse it). 03 then
-    trains all four RL configurations as short runs, since no pipeline RL run is there to reuse."""
-    return tmp_path_factory.mktemp("notebook-runs") / "tiny"
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_executes_at_its_defaults_without_errors_or_warnings(path, notebook_runs):
