@@ -14,6 +14,7 @@ else is a bug and keeps its traceback.
     6          NotEnoughData         a stage's input is too small to do what was asked
     7          RunDirConflict        a run directory holds artifacts of a different config
     8          MissingArtifact       a stage's upstream artifact is missing (the message names the command making it)
+    9          SandboxCodeChanged    the sandbox's files changed on disk after this process imported prmlab
 """
 
 from __future__ import annotations
@@ -65,6 +66,12 @@ class MissingArtifact(PrmlabError, FileNotFoundError):
     """A stage needs an upstream artifact that does not exist; the message names the command that makes it."""
 
     exit_code = 8
+
+
+class SandboxCodeChanged(PrmlabError, RuntimeError):
+    """A sandbox worker started from files that differ from the code this process imported (restart it)."""
+
+    exit_code = 9
 
 
 def short_traceback(shell, etype, value, tb, tb_offset=None):  # noqa: ARG001 (IPython's custom-exception hook)
