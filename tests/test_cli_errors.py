@@ -117,8 +117,8 @@ def test_every_exit_code_is_distinct():
 
     classes = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.PrmlabError)]
     codes = [c.exit_code for c in classes if c is not errors.PrmlabError]
-    assert len(codes) == len(set(codes)) == 7 and all(2 <= c <= 8 for c in codes)
-    assert json.dumps(sorted(codes)) == "[2, 3, 4, 5, 6, 7, 8]"
+    assert len(codes) == len(set(codes)) == 8 and all(2 <= c <= 9 for c in codes)
+    assert json.dumps(sorted(codes)) == "[2, 3, 4, 5, 6, 7, 8, 9]"
 
 
 def test_rl_without_a_prm_names_the_command(tmp_path):
