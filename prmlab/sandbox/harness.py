@@ -192,7 +192,7 @@ def program_process(chan, safe_builtins, program, mode, planned, complete):
 
 # --------------------------------------------------------------------------------------------- the test runner
 PREPARED_MAX = 256
-"""Tasks whose compiled setup and tests the runner keeps (most programs share their task with others)."""
+"""Job bodies whose parsed and compiled setup, tests and plan the runner keeps (a task's programs share one body)."""
 _prepared_cache = {}
 
 
@@ -237,22 +237,27 @@ def runner_loop(ctrl, verdict, safe_builtins):
             os.close(fds[0])
 
 
-def _prepare(setup, tests):
-    """(setup code, test codes) of a task, compiled once per runner (a compile error is kept as ``(exception,)``
-    and reported where the original raised it)."""
-    key = (setup, tuple(tests))
-    hit = _prepared_cache.pop(key, None)
+def _prepare(body):
+    """(setup code, test codes, planned calls) of a job's body, parsed and compiled once per runner and task (the
+    body's bytes are the key: every program of a task has the same body). A compile error is kept as
+    ``(exception,)`` and reported where the original raised it."""
+    hit = _prepared_cache.pop(body, None)
     if hit is None:
+        import json
+
+        job = json.loads(body)
+
         def comp(src, name):
             try:
                 return compile(src, name, "exec", dont_inherit=True, optimize=0)
             except BaseException as e:
                 return (e,)
 
-        hit = (comp(setup, "<test_setup>"), [comp(t, f"<test {i}>") for i, t in enumerate(tests)])
+        hit = (comp(job["setup"], "<test_setup>"), [comp(t, f"<test {i}>") for i, t in enumerate(job["tests"])],
+               plan_module.decode(job.get("plan")))
         if len(_prepared_cache) >= PREPARED_MAX:
             _prepared_cache.pop(next(iter(_prepared_cache)))
-    _prepared_cache[key] = hit
+    _prepared_cache[body] = hit
     return hit
 
 
@@ -260,13 +265,10 @@ def run_job(job, chan, report, safe_builtins):
     """Run the setup and tests of one job against the program's process behind ``chan``; ``report`` each step.
     True when the job ended normally (then the runner reports ``D`` and tells the program's process to exit)."""
     import collections
-    import json
     import sys
 
     base_exc, exec_, dict_, str_, type_, tuple_ = BaseException, exec, dict, str, type, tuple
-    job = json.loads(job)
-    setup_code, test_codes = _prepare(job["setup"], job["tests"])
-    plan = plan_module.decode(job.get("plan"))
+    setup_code, test_codes, plan = _prepare(bytes(job))
     state = {"dead": False, "test": -1, "plan": collections.deque(), "hids": {}}
     rpc, drain = _make_rpc(chan, wire.Channel(chan), state, safe_builtins)
     report("S")

@@ -33,6 +33,7 @@ Execution is opt-in (``SandboxConfig.allow_execution``); see docs/safety.md. Lin
 from __future__ import annotations
 
 import builtins
+import collections
 import dataclasses
 import functools
 import json
@@ -51,16 +52,21 @@ from pathlib import Path
 from typing import Any
 
 from prmlab.config import SandboxConfig
+from prmlab.errors import SandboxCodeChanged
 from prmlab.records import ExecutionResult, Task
 from prmlab.sandbox.plan import encode, plan_job
 from prmlab.sandbox.jobs import (HARNESS_VERSION, ResultCache, SandboxStats, cache_key, cacheable, limits, make_job,
                                  require_allowed, to_result)
 from prmlab.sandbox.protections import (WORKER_PATH, Protections, announce, from_flags, protections,
                                         strict_requested, worker_env)
+from prmlab.sandbox.version import check_code
 
 WATCHDOG_GRACE_S = 30.0
 """A worker that has not answered ``timeout_s`` plus this many seconds after a job is killed and replaced."""
 PREFIX = struct.Struct(">II")
+PIPELINE = 2
+"""Jobs sent ahead to each worker: it starts the next one as soon as it has answered, without waiting for this
+process (the next job waits in the pipe, not in the worker's memory)."""
 WORKERS_PER_CORE = 2
 """Default workers per core: each job alternates between two processes (the program's and the test runner), so
 one worker leaves its core idle while it waits; two per core keep the cores busy (bench/bench_sandbox.py)."""
@@ -79,6 +85,7 @@ class _Worker:
     def read_hello(self, timeout_s: float = 60.0) -> dict[str, Any]:
         if self.hello is None:
             self.hello = json.loads(self._read_line(time.monotonic() + timeout_s))
+            check_code(self.hello)
             if not self.hello.get("stdlib_readable", True):
                 warnings.warn("prmlab sandbox: the unprivileged sandbox user cannot read this interpreter's standard "
                               "library (installed in a private directory), so programs can import only built-in "
@@ -100,19 +107,20 @@ class _Worker:
         line, self.buf = self.buf.split(b"\n", 1)
         return line
 
-    def request(self, job: dict[str, Any]) -> dict[str, Any]:
+    def send(self, job: dict[str, Any]) -> None:
         """Send a job as prefix, header (limits, mode, test count, program, call plan) and body (setup, tests, call
         plan): the worker reads the body only after it has forked the program's process, which so never holds the
-        tests (only the arguments of the planned calls, which it would receive anyway)."""
-        self.read_hello()
-        calls, complete = _plan(job["setup"], tuple(job["tests"]))
+        tests (only the arguments of the planned calls, which it would receive anyway). Up to :data:`PIPELINE`
+        jobs wait in the pipe; the worker reads one at a time."""
+        calls, complete, body = _task_parts(job["setup"], tuple(job["tests"]), job["mode"])
         header = json.dumps({"limits": job["limits"], "mode": job["mode"], "n_tests": len(job["tests"]),
                              "program": job["program"], "plan": calls, "complete": complete},
                             ensure_ascii=False).encode()
-        body = json.dumps({"setup": job["setup"], "tests": job["tests"], "mode": job["mode"], "plan": calls},
-                          ensure_ascii=False).encode()
         self.proc.stdin.write(PREFIX.pack(len(header), len(body)) + header + body)
         self.proc.stdin.flush()
+
+    def receive(self, job: dict[str, Any]) -> dict[str, Any]:
+        """The reply to the oldest job sent (the worker runs them in order), within its timeout plus a grace."""
         return json.loads(self._read_line(time.monotonic() + job["limits"]["timeout_s"] + WATCHDOG_GRACE_S))
 
     def close(self, kill: bool = False) -> None:
@@ -144,15 +152,19 @@ class _Worker:
 
 
 @functools.lru_cache(maxsize=1024)
-def _plan(setup: str, tests: tuple[str, ...]) -> tuple[str, bool]:
-    """The task's call plan (:mod:`prmlab.sandbox.plan`), encoded, and whether it is complete; once per task."""
+def _task_parts(setup: str, tests: tuple[str, ...], mode: str) -> tuple[str, bool, bytes]:
+    """Once per task: its call plan (:mod:`prmlab.sandbox.plan`) encoded, whether the plan is complete, and the
+    job body (setup, tests, mode, plan) as the worker receives it (the same bytes for every program of the task,
+    which is what lets the test runner reuse its parsed and compiled copy)."""
     calls, complete = plan_job(setup, tests, builtins.__dict__)
-    return encode(calls), complete
+    calls = encode(calls)
+    body = json.dumps({"setup": setup, "tests": list(tests), "mode": mode, "plan": calls}, ensure_ascii=False)
+    return calls, complete, body.encode()
 
 
-def _run_on(worker: _Worker | None, job: dict[str, Any], strict: bool = False) -> tuple[_Worker | None, dict[str, Any]]:
-    """Run a job, respawning a worker that is missing, dead or stuck; a dead worker's job is ``crashed``. In strict
-    mode a worker that reports a missing protection runs nothing (``error``)."""
+def _started(worker: _Worker | None, strict: bool) -> tuple[_Worker | None, dict[str, Any] | None]:
+    """A live worker that has said hello (respawned when missing or dead), or None and the reply for the job that
+    cannot run: ``error`` when it failed to start or, in strict mode, reports a missing protection."""
     if worker is None or worker.proc.poll() is not None:
         if worker is not None:
             worker.close(kill=True)
@@ -163,22 +175,66 @@ def _run_on(worker: _Worker | None, job: dict[str, Any], strict: bool = False) -
         worker.close(kill=True)
         return None, {"status": "error", "n_passed": 0, "failing_index": None,
                       "message": f"the sandbox worker failed to start ({type(e).__name__}: {e})"}
-    missing = from_flags(worker.hello.get("protections", {})).missing
-    if strict and missing:
+    except SandboxCodeChanged:
         worker.close(kill=True)
-        return None, {"status": "error", "n_passed": 0, "failing_index": None,
-                      "message": "strict mode: the sandbox worker started without " + "; ".join(missing)}
-    try:
-        reply = worker.request(job)
-    except (EOFError, TimeoutError, OSError, ValueError) as e:
-        worker.close(kill=True)
-        reply = {"status": "crashed", "n_passed": 0, "failing_index": None, "worker_died": True,
-                 "message": f"the sandbox worker died or hung while running the program ({type(e).__name__})"}
-        return None, reply
-    if not reply.get("clean", True):  # it could not kill everything: replace it (a fresh one starts lazily)
-        worker.close(kill=True)
-        worker = None
-    return worker, reply
+        raise
+    if strict:
+        missing = from_flags(worker.hello.get("protections", {})).missing
+        if missing:
+            worker.close(kill=True)
+            return None, {"status": "error", "n_passed": 0, "failing_index": None,
+                          "message": "strict mode: the sandbox worker started without " + "; ".join(missing)}
+    return worker, None
+
+
+def _died(e: BaseException) -> dict[str, Any]:
+    return {"status": "crashed", "n_passed": 0, "failing_index": None, "worker_died": True,
+            "message": f"the sandbox worker died or hung while running the program ({type(e).__name__})"}
+
+
+def _serve_slot(worker: _Worker | None, pending: queue.Queue, jobs: list, replies: list, done: queue.Queue,
+                stop: threading.Event, strict: bool) -> _Worker | None:
+    """One worker's share of a batch, :data:`PIPELINE` jobs ahead; returns the worker (None when it was lost).
+
+    A worker that dies or hangs (watchdog) crashes the job it was running, is killed and replaced; the jobs sent
+    after it never started and go back to ``pending``. A worker that reports an unclean job exits: the same."""
+    sent: collections.deque = collections.deque()
+    while True:
+        while len(sent) < PIPELINE and not stop.is_set():
+            try:
+                i = pending.get_nowait()
+            except queue.Empty:
+                break
+            if not sent:
+                worker, error = _started(worker, strict)
+                if error is not None:
+                    replies[i] = error
+                    done.put(i)
+                    continue
+            try:
+                worker.send(jobs[i])
+            except OSError as e:  # it died: an earlier job's reply (if any) tells, this one goes back
+                if sent:
+                    pending.put(i)
+                    break
+                worker.close(kill=True)
+                worker, replies[i] = None, _died(e)
+                done.put(i)
+                continue
+            sent.append(i)
+        if not sent:
+            return worker
+        i = sent.popleft()
+        try:
+            replies[i] = worker.receive(jobs[i])
+        except (EOFError, TimeoutError, OSError, ValueError) as e:
+            replies[i] = _died(e)
+        if replies[i].get("worker_died") or not replies[i].get("clean", True):
+            worker.close(kill=True)  # an unclean worker has exited: a fresh one starts lazily
+            worker = None
+            while sent:
+                pending.put(sent.pop())
+        done.put(i)
 
 
 class Sandbox:
@@ -261,15 +317,19 @@ class Sandbox:
             pending.put(i)
         done: queue.Queue = queue.Queue()
         stop = threading.Event()
+        failures: list[BaseException] = []
 
         def loop(slot: int) -> None:
-            while not stop.is_set():
-                try:
-                    i = pending.get_nowait()
-                except queue.Empty:
-                    return
-                self._workers[slot], replies[i] = _run_on(self._workers[slot], jobs[i], self.strict)
-                done.put(i)
+            try:
+                self._workers[slot] = _serve_slot(self._workers[slot], pending, jobs, replies, done, stop,
+                                                  self.strict)
+            except BaseException as e:  # SandboxCodeChanged (or a bug): stop, and raise it in the caller
+                failures.append(e)
+                stop.set()
+                done.put(None)
+                if self._workers[slot] is not None:  # it may hold jobs whose replies nobody will read
+                    self._workers[slot].close(kill=True)
+                    self._workers[slot] = None
 
         threads = [threading.Thread(target=loop, args=(s,), daemon=True)
                    for s in range(min(self.n_workers, len(jobs)))]
@@ -278,7 +338,8 @@ class Sandbox:
         bar = _progress_bar(len(jobs), progress)
         try:
             for _ in range(len(jobs)):
-                done.get()
+                if done.get() is None:
+                    break
                 if bar is not None:
                     bar.update(1)
         finally:
@@ -287,6 +348,8 @@ class Sandbox:
                 th.join()
             if bar is not None:
                 bar.close()
+        if failures:
+            raise failures[0]
         return replies  # type: ignore[return-value]
 
     def provenance(self) -> dict[str, Any]:

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prmlab.sandbox.version import check_code
+
 WORKER_PATH = Path(__file__).with_name("worker.py")
 STRICT_ENV = "PRMLAB_SANDBOX_STRICT"
 log = logging.getLogger("prmlab.sandbox")
@@ -112,6 +114,7 @@ def protections(refresh: bool = False) -> Protections:
         hello = json.loads(out.stdout.decode().splitlines()[0])
     except (OSError, subprocess.TimeoutExpired, ValueError, IndexError) as e:
         return unavailable(f"{type(e).__name__}: {e}"[:200])
+    check_code(hello)
     result = from_flags(hello["protections"])
     _cache[key] = result
     return result

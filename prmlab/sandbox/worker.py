@@ -37,7 +37,12 @@ import plan  # noqa: E402
 import verdict  # noqa: E402
 import wire  # noqa: E402,F401  (imported here once, so each forked process finds it loaded)
 import uids  # noqa: E402
+import version  # noqa: E402
 from uids import kill_descendants, kill_uid  # noqa: E402
+
+CODE = version.CODE
+"""Digest of the sandbox files this worker loaded (:mod:`prmlab.sandbox.version`), reported in its hello."""
+del sys.modules["version"]  # not needed by the forked processes; keeps ``import version`` free for programs
 
 del sys.path[0]  # programs must not import prmlab's modules as top-level names
 
@@ -52,6 +57,8 @@ REPORT_PIPE_BYTES = 1 << 20
 """Capacity asked for the verdict pipe (the runner never waits for this process to read it, except past this)."""
 DRAIN_S = 0.05
 """While the program runs, the verdict pipe is emptied this often (a report larger than the pipe then only waits)."""
+PLANS_KEPT = 256
+"""Decoded call plans kept by the worker (one per task; most programs share their task with others)."""
 F_SETPIPE_SZ = 1031
 PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 36, 38
 PRELOAD = ("typing", "math", "re", "collections", "itertools", "functools", "heapq", "bisect", "string", "copy",
@@ -86,7 +93,7 @@ class Worker:
         self.ruleset = isolation.landlock_ruleset(self.libc, self.abi, writable)
         self.protections = isolation.protection_flags(self.ns, self.abi, self.ruleset, self.as_root,
                                                       self.creds is not None)
-        self.counter, self.previous, self.runner = 0, None, None
+        self.counter, self.previous, self.runner, self.plans = 0, None, None, {}
         import builtins
 
         self.safe_builtins = dict(builtins.__dict__)  # what tests see as builtins
@@ -229,11 +236,11 @@ class Worker:
         out_r, out_w = os.pipe()
         chan_p, chan_t = (s.detach() for s in socket.socketpair())
         lim, t0 = header["limits"], time.monotonic()
+        planned = self._planned(header.get("plan"))
         pid_p = os.fork()
         if pid_p == 0:
             self._child((lim, workdir, out_w), [chan_p], lambda: harness.program_process(
-                3, self.safe_builtins, header["program"], header["mode"],
-                [p[1:] for p in plan.decode(header.get("plan"))], header.get("complete", False)))
+                3, self.safe_builtins, header["program"], header["mode"], planned, header.get("complete", False)))
         for fd in (chan_p, out_w):
             os.close(fd)
         body = reader.read(header["body_len"])  # only now: the program's process never held the tests
@@ -265,13 +272,29 @@ class Worker:
         result.update(duration_s=duration, cpu_s=p[1].ru_utime + p[1].ru_stime if p[1] else 0.0)
         return result, clean
 
+    def _planned(self, text):
+        """The planned calls ``[(name, args, kwargs)]`` of an encoded plan, decoded here once per task: the
+        program's process gets them ready-made (decoding there cost it about 60 page faults, each a copy of a page
+        shared with this process)."""
+        hit = self.plans.pop(text, None)
+        if hit is None:
+            hit = [p[1:] for p in plan.decode(text)]
+            if len(self.plans) >= PLANS_KEPT:
+                self.plans.pop(next(iter(self.plans)))
+        self.plans[text] = hit
+        return hit
+
     def _survivors(self):
         """Reap finished children; True when a process other than the runner is still alive."""
         self._reap()
         runner = self.runner["pid"] if self.runner else None
-        try:
-            with open(f"/proc/self/task/{os.getpid()}/children") as f:
-                return any(int(pid) != runner for pid in f.read().split())
+        try:  # raw reads: no file object per job
+            fd = os.open(f"/proc/self/task/{os.getpid()}/children", os.O_RDONLY)
+            try:
+                data = b"".join(iter(lambda: os.read(fd, 1 << 16), b""))
+            finally:
+                os.close(fd)
+            return any(int(pid) != runner for pid in data.split())
         except OSError:  # no CONFIG_PROC_CHILDREN: assume the worst, the runner is replaced
             self._stop_runner(kill=True)
             return self._reap()
@@ -442,7 +465,7 @@ def main():
     cleanup_uid = worker.creds[0] if worker.creds and not worker.ns.get("pid_namespace") else None
     _send({"hello": 1, "pid": os.getpid(), "uid": cleanup_uid,
            "subreaper": worker.subreaper, "base": worker.base, "stdlib_readable": worker.stdlib_readable,
-           "python": sys.version.split()[0], "protections": worker.protections})
+           "python": sys.version.split()[0], "protections": worker.protections, "code": CODE})
     if "--probe" in sys.argv:
         worker.close()
         return
