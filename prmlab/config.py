@@ -465,15 +465,18 @@ def preset(name: str, seed: int = 0) -> Config:
             rl=RLConfig(seed=seed),
         )
     if name == "cpu-real":
+        # Sized for about an hour of one CPU core (docs/real_models.md has the measured time per stage): 4-bit
+        # SmolLM2 generates about 40-65 tokens/s per row on one thread, so every stage is cut to what that buys.
         return Config(
             name="cpu-real", seed=seed,
-            model=ModelConfig(name_or_path="smollm2-135m-instruct", track="chat", load_in_4bit=True),
-            tasks=TaskConfig(source="humaneval", n_train=114, n_eval=50, seed=seed),
-            sampling=SamplingConfig(n_samples=4, temperature=0.8, max_new_tokens=256, batch_size=8, seed=seed),
-            labels=LabelConfig(k=8, max_new_tokens=256, seed=seed),
+            model=ModelConfig(name_or_path="smollm2-135m-instruct", track="chat", load_in_4bit=True, num_threads=1),
+            tasks=TaskConfig(source="humaneval", n_train=32, n_eval=50, seed=seed),
+            sampling=SamplingConfig(n_samples=2, temperature=0.8, max_new_tokens=128, batch_size=16, seed=seed),
+            labels=LabelConfig(k=4, max_new_tokens=128, seed=seed),
             prm=PRMConfig(batch_size=4, seed=seed),
-            rl=RLConfig(iterations=40, prompts_per_iteration=8, samples_per_prompt=2, max_lines=12,
-                        max_new_tokens=256, lr=1e-4, minibatch_size=4, seed=seed),
+            rl=RLConfig(iterations=8, prompts_per_iteration=4, samples_per_prompt=2, max_lines=12,
+                        max_new_tokens=128, lr=1e-4, minibatch_size=4, checkpoint_every=2, seed=seed),
+            evaluation=EvalConfig(n_samples=2, max_new_tokens=128, batch_size=32),
         )
     if name == "gpu":
         return Config(
@@ -487,6 +490,7 @@ def preset(name: str, seed: int = 0) -> Config:
             rl=RLConfig(iterations=200, prompts_per_iteration=32, samples_per_prompt=4, max_lines=12,
                         max_new_tokens=512, lr=5e-5, critic_lr=2e-4, ppo_epochs=2, minibatch_size=16,
                         checkpoint_every=10, seed=seed),
+            evaluation=EvalConfig(max_new_tokens=512, batch_size=32),
         )
     if name == "paper":
         return Config(
@@ -500,6 +504,7 @@ def preset(name: str, seed: int = 0) -> Config:
             rl=RLConfig(iterations=400, prompts_per_iteration=64, samples_per_prompt=4, max_lines=1000,
                         max_new_tokens=1024, lr=1e-5, critic_lr=1e-4, ppo_epochs=1, minibatch_size=16,
                         checkpoint_every=10, seed=seed),
+            evaluation=EvalConfig(max_new_tokens=1024, batch_size=16),
         )
     raise ConfigError(f"preset name must be one of {PRESETS}, got {name!r}.")
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import warnings
 
+import pytest
 import torch
 
+from prmlab import config as C
 from prmlab.config import ModelConfig
+from prmlab.errors import NotAvailable
 from prmlab.models import add_adapters, load_base_model, token_logprobs
+from prmlab.rl.stage import kept_checkpoints
 
 
 def _lora_grads(model, ids) -> dict[str, torch.Tensor]:
@@ -54,3 +58,67 @@ def test_4bit_lora_gradients_survive_a_forward_without_gradients(saved_tiny):
     assert set(got) == set(want) and any("layers.0." in n for n in got)
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+# ----------------------------------------------------------------------------------------------------- presets
+REAL = ("cpu-real", "gpu", "paper")
+
+
+@pytest.mark.parametrize("name", C.PRESETS)
+def test_preset_stages_agree_with_each_other(name):
+    """Fields that different stages must agree on: lengths, checkpoints, batches, the RL prompt mix."""
+    cfg = C.preset(name, seed=3)
+    assert cfg.labels.max_new_tokens >= cfg.sampling.max_new_tokens, "the oracle completes what the sampler wrote"
+    assert cfg.evaluation.max_new_tokens >= cfg.rl.max_new_tokens, "evaluation must not truncate what RL trained"
+    kept = kept_checkpoints(cfg.rl)
+    assert len(kept) == cfg.rl.keep_checkpoints, "iterations too few for distinct evenly spaced checkpoints"
+    assert set(cfg.labels.policies) <= {"base", *kept.values()}, "labelled checkpoints must be ones RL keeps"
+    assert cfg.rl.minibatch_size <= cfg.rl.prompts_per_iteration * cfg.rl.samples_per_prompt
+    assert cfg.rl.min_lines <= cfg.rl.max_lines and cfg.tasks.min_lines <= cfg.tasks.max_lines
+    assert cfg.model.track == ("completion" if cfg.model.name_or_path == "toy-coder" else "chat")
+    assert all(getattr(cfg, s).seed == 3 for s in ("tasks", "sampling", "labels", "prm", "rl"))
+    assert cfg.evaluation.seed == 0, "one evaluation seed for every training seed (paired comparisons)"
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_real_presets_are_4bit_instruct_models(name):
+    m = C.preset(name).model
+    assert m.load_in_4bit and m.track == "chat" and m.bnb_4bit_quant_type == "nf4"
+    assert (m.device, m.dtype) == (("cpu", "float32") if name == "cpu-real" else ("cuda", "bfloat16"))
+
+
+@pytest.mark.parametrize("name", ("gpu", "paper"))
+def test_gpu_presets_keep_the_papers_knobs(name):
+    cfg = C.preset(name)
+    assert cfg.labels.k == 20 and (cfg.rl.lambda_pass, cfg.rl.lambda_fail) == (0.025, 0.25)
+    assert (cfg.evaluation.n_samples, cfg.evaluation.temperature) == (10, 0.2)  # pass@1 at T = 0.2 x 10
+    assert cfg.rl.keep_checkpoints == 4 and cfg.tasks.source == "mbpp"
+
+
+def test_cpu_real_budget_fits_humaneval():
+    """The cpu-real preset's task counts exist in the shipped HumanEval split, and its RL prompt mix is not empty."""
+    from prmlab.tasks import load_tasks
+
+    cfg = C.preset("cpu-real")
+    train, held_out = load_tasks(cfg.tasks, "train"), load_tasks(cfg.tasks, "eval")
+    assert (len(train), len(held_out)) == (cfg.tasks.n_train, cfg.tasks.n_eval)
+    mix = [t for t in train if cfg.rl.min_lines <= t.n_lines <= cfg.rl.max_lines]
+    assert len(mix) >= cfg.rl.prompts_per_iteration
+
+
+@pytest.mark.parametrize("name", ("gpu", "paper"))
+def test_gpu_presets_fail_offline_with_one_sentence(name, monkeypatch):
+    """Without the hub, the gpu presets' model and tasks fail at once, naming the presets that work offline."""
+    from prmlab import models
+    from prmlab.tasks import hub, load_tasks
+
+    monkeypatch.setattr(models, "hub_reachable", lambda: False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda: False)
+    monkeypatch.setenv("HF_HUB_CACHE", "/nonexistent-prmlab-cache")  # nothing cached either
+    cfg = C.preset(name)
+    for call in (lambda: models.load_tokenizer(cfg.model), lambda: models.load_base_model(cfg.model),
+                 lambda: load_tasks(cfg.tasks, "train"), lambda: load_tasks(cfg.tasks, "eval")):
+        with pytest.raises(NotAvailable) as e:
+            call()
+        msg = str(e.value)
+        assert "'cpu-real'" in msg and "offline" in msg and msg.count(". ") == 0 and msg.endswith(".")
