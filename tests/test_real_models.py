@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import pytest
@@ -122,3 +123,76 @@ def test_gpu_presets_fail_offline_with_one_sentence(name, monkeypatch):
             call()
         msg = str(e.value)
         assert "'cpu-real'" in msg and "offline" in msg and msg.count(". ") == 0 and msg.endswith(".")
+
+
+# ------------------------------------------------------------------------- the gpu preset on a tiny stand-in
+CHAT_TEMPLATE = ("{% for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<s>assistant\n{% endif %}")
+MBPP_ROWS = [
+    {"task_id": 601 + i, "text": f"Write a function that adds {i} to a number.",
+     "code": f"def add_{i}(x):\n    y = x + {i}\n    return y", "test_list": [
+         f"assert add_{i}(1) == {1 + i}", f"assert add_{i}(-{i}) == 0", f"assert add_{i}(10) == {10 + i}"],
+     "test_setup_code": "", "challenge_test_list": []}
+    for i in range(4)
+]
+
+
+@pytest.fixture(scope="module")
+def chat_tiny(tmp_path_factory):
+    """A random 2-layer Llama with a chat template (the chat track needs one) and room for chat prompts."""
+    from prmlab.testing import tiny_test_model
+
+    model, tok = tiny_test_model(seed=2)
+    model.config.max_position_embeddings = 2048
+    tok.chat_template = CHAT_TEMPLATE
+    path = tmp_path_factory.mktemp("chat-tiny")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.mark.slow
+def test_gpu_preset_pipeline_runs_on_a_4bit_tiny_stand_in(chat_tiny, tmp_path, monkeypatch, capsys):
+    """`prmlab pipeline --preset gpu` with only the model (a local tiny one), the device (cpu) and the budget
+    changed: the chat track, a 4-bit bfloat16 base with adapters, hub-shaped MBPP rows -> Task (the hub replaced by
+    in-memory rows), labels, PRM, both RL configurations, evaluation and the report."""
+    import bitsandbytes as bnb
+    import datasets
+
+    from prmlab.cli import main
+    from prmlab.tasks import hub
+
+    calls = []
+
+    def load_dataset(*args, split=None, **kwargs):
+        calls.append((args, split))
+        return [dict(r) for r in MBPP_ROWS]
+
+    monkeypatch.setattr(hub, "hub_reachable", lambda: True)
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    budget = ["model.device=cpu", "model.num_threads=1", "model.lora_r=4", "tasks.n_train=4", "tasks.n_eval=2",
+              "sampling.n_samples=2", "sampling.max_new_tokens=24", "labels.k=2", "labels.max_new_tokens=24",
+              "prm.epochs=1", "rl.iterations=4", "rl.checkpoint_every=2", "rl.prompts_per_iteration=2",
+              "rl.samples_per_prompt=2", "rl.minibatch_size=2", "rl.max_new_tokens=24", "evaluation.n_samples=2",
+              "evaluation.max_new_tokens=24", "evaluation.n_boot=50"]
+    args = ["pipeline", "--preset", "gpu", "--run-dir", str(tmp_path), "--allow-execution",
+            "--set", f"model.name_or_path={chat_tiny}"]
+    for b in budget:
+        args += ["--set", b]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "[label]" in out and "[train-prm]" in out and "RL dense+value-init" in out and "[report]" in out
+    assert {split for _, split in calls} == {"train", "test"}
+    assert all(a == ("google-research-datasets/mbpp", "full") for a, _ in calls)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["model"]["load_in_4bit"] and cfg["model"]["track"] == "chat" and cfg["model"]["dtype"] == "bfloat16"
+    labels = [json.loads(ln) for ln in (tmp_path / "labels.jsonl").read_text().splitlines()]
+    assert len(labels) == 8 and all(r["task_id"].startswith("mbpp/") for r in labels)
+    for policy in ("base", "rl-sparse", "rl-dense+value-init"):
+        assert json.loads((tmp_path / "eval" / f"{policy}.json").read_text())["n_tasks"] == 2
+    assert sorted(p.name for p in (tmp_path / "rl" / "sparse" / "checkpoints").iterdir()) == \
+        ["last", "rl-100", "rl-25", "rl-50", "rl-75"]
+
+    from prmlab.config import ModelConfig as MC
+    base = load_base_model(MC(name_or_path=str(chat_tiny), load_in_4bit=True, dtype="bfloat16"))
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in base.modules())
