@@ -144,6 +144,44 @@ def test_one_iteration_changes_only_policy_critic_and_value_head(saved_tiny, tmp
         metrics["return_outcome"] + metrics["return_prm"] + metrics["return_kl"], abs=1e-5)
 
 
+def test_micro_batch_rows_by_hand():
+    from types import SimpleNamespace
+
+    from prmlab.rl.loop import micro_batch_rows
+
+    model = SimpleNamespace(config=SimpleNamespace(num_hidden_layers=2, hidden_size=10))  # 20 per token
+    assert micro_batch_rows(model, 8, 50, budget=8000) == 8  # 8 x 50 x 20 = 8000: fits
+    assert micro_batch_rows(model, 8, 50, budget=7999) == 7  # one row is 1000
+    assert micro_batch_rows(model, 8, 50, budget=2500) == 2
+    assert micro_batch_rows(model, 8, 50, budget=10) == 1  # never below one row
+
+
+def test_a_minibatch_backpropagated_in_parts_updates_like_one_pass(saved_tiny, tmp_path, monkeypatch):
+    """Memory: a minibatch above BACKWARD_BUDGET is backpropagated one row at a time; same losses and update."""
+    from prmlab.rl import loop
+
+    cfg = make_cfg(saved_tiny, minibatch_size=4)
+    write_prm(cfg, tmp_path)
+    rl = variant_config(cfg.rl, "dense+value-init")
+    after = []
+    for budget in (loop.BACKWARD_BUDGET, 1):  # the tiny sizes fit in one pass; a budget of 1 forces one row per pass
+        monkeypatch.setattr(loop, "BACKWARD_BUDGET", budget)
+        model, tok = load(cfg)
+        state = build_state(cfg, rl, tmp_path, model, tok)
+        # plain SGD: the update is the (clipped) gradient itself; Adam's first steps divide a near-zero gradient by its
+        # own size, which turns summation-order rounding (1e-9) into differences of the order of the learning rate
+        state.optimizer = torch.optim.SGD([{"params": g["params"], "lr": g["lr"]} for g in state.optimizer.param_groups])
+        assert loop.micro_batch_rows(state.model, 4, 30) == (4 if budget > 1 else 1)
+        metrics = ppo_iteration(state, rl, TASKS, stub_execute)
+        params = {n: p.detach().clone() for n, p in state.model.named_parameters() if "lora_" in n}
+        after.append((metrics, params, [p.detach().clone() for p in state.value_head.parameters()]))
+    (m1, p1, h1), (m2, p2, h2) = after
+    for key in ("policy_loss", "value_loss", "approx_kl", "clip_fraction", "pass_rate"):
+        assert m2[key] == pytest.approx(m1[key], rel=1e-4, abs=1e-6), key
+    assert all(torch.allclose(p1[n], p2[n], rtol=1e-4, atol=1e-7) for n in p1)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(h1, h2))
+
+
 def test_value_init_makes_the_critic_equal_the_prm_at_line_ends(saved_tiny, tmp_path):
     from prmlab.rl.loop import head_outputs
 

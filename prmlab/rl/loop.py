@@ -208,34 +208,80 @@ def pass_by_length(tasks: Sequence[Task], passed: Sequence[bool]) -> dict[str, f
 # the PPO update
 
 
+BACKWARD_BUDGET = 8_000_000
+"""Largest ``rows x T x layers x hidden`` of one backward pass (what the saved activations grow with); a minibatch
+above it is split into micro-batches whose gradients add up to the minibatch's (:func:`micro_batch_rows`). The
+toy-coder (4 layers x 256, context 512) never reaches it: 8 x 512 x 1024 = 4.2M. SmolLM2-135M (30 x 576) keeps one
+row per pass at 600 tokens (10.4M): about 1.3 GB of activations instead of 11 GB for a minibatch of 8."""
+
+
+def micro_batch_rows(model, n_rows: int, T: int, budget: int | None = None) -> int:
+    """Rows per backward pass: all ``n_rows`` when ``n_rows x T x layers x hidden <= budget`` (default
+    :data:`BACKWARD_BUDGET`), else as many as fit (at least one)."""
+    c, budget = model.config, BACKWARD_BUDGET if budget is None else budget
+    per_row = T * c.num_hidden_layers * c.hidden_size
+    return n_rows if n_rows * per_row <= budget else max(1, budget // per_row)
+
+
+def backward_in_parts(mb: dict[str, torch.Tensor], rows: int, loss_of) -> tuple[float, torch.Tensor]:
+    """Backpropagate ``loss_of(part)`` (a masked mean over the part's response tokens) over parts of ``rows`` rows.
+
+        L = sum_j (n_j / n) L_j      n_j = the response tokens of part j, n = sum_j n_j
+
+    equals the loss of the whole minibatch (a masked mean is a token-weighted mean of the parts' masked means), so
+    the accumulated gradients are the minibatch's. Returns L and the concatenated read-out of the parts (detached).
+    """
+    n_rows = mb["ids"].shape[0]
+    if rows >= n_rows:  # one pass: exactly the minibatch's loss, no rescaling
+        loss, out = loss_of(mb)
+        loss.backward()
+        return loss.item(), out.detach()
+    n = mb["resp_mask"].sum().clamp(min=1)
+    total, outs = 0.0, []
+    for part in torch.arange(n_rows).split(rows):
+        sub = {k: v[part] for k, v in mb.items()}
+        loss, out = loss_of(sub)
+        loss = loss * (sub["resp_mask"].sum() / n)  # (n_j / n) L_j
+        loss.backward()
+        total += loss.item()
+        outs.append(out.detach())
+    return total, torch.cat(outs)
+
+
 def ppo_update(state: PPOState, cfg: RLConfig, batch: dict[str, torch.Tensor], P: int) -> dict[str, float]:
     """``ppo_epochs`` passes over the batch in seeded minibatches; returns the mean losses and monitors.
 
-    ``batch``: ids, attn (B, T); resp_mask, old_logp, old_values, advantages, returns (B, R).
+    ``batch``: ids, attn (B, T); resp_mask, old_logp, old_values, advantages, returns (B, R). A minibatch too large
+    for one backward pass (:data:`BACKWARD_BUDGET`) is backpropagated in parts with the same total gradient.
     """
     model, B = state.model, batch["ids"].shape[0]
     groups = state.optimizer.param_groups
     g = torch.Generator().manual_seed(derive_seed(cfg.seed, "rl-minibatches", state.iteration))
     stats: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "approx_kl": [], "clip_fraction": []}
+    rows = micro_batch_rows(model, min(cfg.minibatch_size, B), batch["ids"].shape[1])
+
+    def policy_part(m):  # clipped policy loss of a part, and its log pi (b, R)
+        logp = policy_logprobs(model, m["ids"], m["attn"], P)
+        return ppo.policy_loss(logp, m["old_logp"], m["advantages"], m["resp_mask"], cfg.clip), logp
+
+    def value_part(m):  # clipped value loss of a part, and its V_t (b, R)
+        values = critic_values(model, state.value_head, m["ids"], m["attn"], P)
+        return ppo.value_loss(values, m["old_values"], m["returns"], m["resp_mask"], cfg.value_clip), values
+
     for _ in range(cfg.ppo_epochs):
         for idx in torch.randperm(B, generator=g).split(cfg.minibatch_size):
             mb = {k: v[idx] for k, v in batch.items()}
             mask = mb["resp_mask"]  # (b, R)
             with use_adapter(model, "policy"):  # active through backward (autograd needs requires_grad)
-                logp = policy_logprobs(model, mb["ids"], mb["attn"], P)  # (b, R) log pi
-                pl = ppo.policy_loss(logp, mb["old_logp"], mb["advantages"], mask, cfg.clip)
-                pl.backward()
+                pl, logp = backward_in_parts(mb, rows, policy_part)  # log pi (b, R)
             with use_adapter(model, "critic"):
-                values = critic_values(model, state.value_head, mb["ids"], mb["attn"], P)  # (b, R) V_t
-                vl = ppo.value_loss(values, mb["old_values"], mb["returns"], mask, cfg.value_clip)
-                vl.backward()
+                vl, _ = backward_in_parts(mb, rows, value_part)
             for group in groups:
                 torch.nn.utils.clip_grad_norm_(group["params"], cfg.max_grad_norm)
             state.optimizer.step()
             state.optimizer.zero_grad(set_to_none=True)
-            logp = logp.detach()
-            stats["policy_loss"].append(pl.item())
-            stats["value_loss"].append(vl.item())
+            stats["policy_loss"].append(pl)
+            stats["value_loss"].append(vl)
             stats["approx_kl"].append(ppo.approx_kl(logp, mb["old_logp"], mask).item())
             stats["clip_fraction"].append(ppo.clip_fraction(logp, mb["old_logp"], mask, cfg.clip).item())
     return {k: sum(v) / len(v) for k, v in stats.items()}
