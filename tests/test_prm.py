@@ -447,8 +447,8 @@ def test_measure_drift_labels_an_rl_checkpoint_and_the_base_on_the_same_held_out
     assert [r.completions for r in rl] != [r.completions for r in base], "the checkpoint's weights were sampled"
     assert result.base["n_responses"] == result.drifted["n_responses"] == 4
     saved = json.loads((tmp_path / "drift" / "result.json").read_text())
-    assert saved["policy"] == "rl/sparse/rl-100" and set(saved["difference"]) == {"accuracy", "auc",
-                                                                                  "accuracy_failing"}
+    assert saved["policy"] == "rl/sparse/rl-100"
+    assert set(saved["difference"]) == {"accuracy", "auc", "accuracy_failing", "accuracy_passing"}
     assert "RL checkpoint" in str(result) and "PROXY" not in str(result)
 
 

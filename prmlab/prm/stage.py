@@ -312,19 +312,20 @@ class DriftResult:
     drifted: dict[str, float]
     difference: dict[str, list[float]]
     """metric -> [drifted - base, lo, hi] (95% bootstrap over tasks, paired): ``accuracy`` (every line),
-    ``auc`` (first-error AUC), ``accuracy_failing`` (the lines of failing responses only: a policy that passes more
-    often has more all-+1 responses, which alone moves the overall accuracy)."""
+    ``auc`` (first-error AUC), ``accuracy_failing`` and ``accuracy_passing`` (the lines of failing, of passing
+    responses: a policy that passes more often has more all-+1 responses, which alone moves the overall accuracy)."""
     categories: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def __str__(self) -> str:
         b, d = self.base, self.drifted
-        acc, auc, fail = (self.difference[k] for k in ("accuracy", "auc", "accuracy_failing"))
+        acc, auc, fail, ok = (self.difference[k] for k in ("accuracy", "auc", "accuracy_failing", "accuracy_passing"))
         what = "temperature PROXY (no RL checkpoint yet)" if self.proxy else "RL checkpoint"
         return (f"PRM under drift on {self.n_tasks} held-out tasks, {self.policy} ({what}) vs base: line accuracy "
                 f"{d['accuracy']:.3f} vs {b['accuracy']:.3f} ({acc[0]:+.3f} [{acc[1]:+.3f}, {acc[2]:+.3f}]), "
                 f"first-error AUC {d['auc']:.3f} vs {b['auc']:.3f} ({auc[0]:+.3f} [{auc[1]:+.3f}, {auc[2]:+.3f}]), "
-                f"accuracy on failing responses {d['accuracy_failing']:.3f} vs {b['accuracy_failing']:.3f} "
-                f"({fail[0]:+.3f} [{fail[1]:+.3f}, {fail[2]:+.3f}]); "
+                f"on failing responses {d['accuracy_failing']:.3f} vs {b['accuracy_failing']:.3f} "
+                f"({fail[0]:+.3f} [{fail[1]:+.3f}, {fail[2]:+.3f}]), on passing ones {d['accuracy_passing']:.3f} vs "
+                f"{b['accuracy_passing']:.3f} ({ok[0]:+.3f} [{ok[1]:+.3f}, {ok[2]:+.3f}]); "
                 f"{d['n_responses']:.0f} and {b['n_responses']:.0f} responses")
 
 
@@ -349,10 +350,13 @@ def measure_drift(cfg: Config, run_dir: str | Path, prm: PRM, n_tasks: int, poli
     base, drifted = scored["base"], scored[policy.name]
     diff = {name: list(task_bootstrap_difference(base, drifted, fn, n_boot, seed=cfg.seed))
             for name, fn in (("accuracy", line_accuracy), ("auc", first_error_auc))}
-    failing = [[r for r in s if r.meta.get("category") != "correct"] for s in (base, drifted)]
-    diff["accuracy_failing"] = list(task_bootstrap_difference(*failing, line_accuracy, n_boot, seed=cfg.seed))
-    metrics = [{**evaluate(s), "accuracy_failing": line_accuracy(*flatten(f)) if f else float("nan")}
-               for s, f in zip((base, drifted), failing)]
+    metrics = [evaluate(s) for s in (base, drifted)]
+    for part, keep in (("failing", lambda r: r.meta.get("category") != "correct"),
+                       ("passing", lambda r: r.meta.get("category") == "correct")):
+        sub = [[r for r in s if keep(r)] for s in (base, drifted)]
+        diff[f"accuracy_{part}"] = list(task_bootstrap_difference(*sub, line_accuracy, n_boot, seed=cfg.seed))
+        for m, s in zip(metrics, sub):
+            m[f"accuracy_{part}"] = line_accuracy(*flatten(s)) if s else float("nan")
     cats = {k: dict(Counter(r.category for r in v)) for k, v in sets.items()}
     result = DriftResult(policy.name, policy.is_proxy, len(tasks), metrics[0], metrics[1], diff, cats)
     path = Path(run_dir) / DRIFT_DIR / "result.json"
