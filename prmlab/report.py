@@ -1,7 +1,8 @@
 """The pipeline's summary: one Markdown table of what each stage measured, and its figures, in the run directory.
 
     runs/<name>/report.md                 labels (categories, cost), PRM (within/across responses vs baselines),
-                                          RL (training curves per variant), held-out pass@1 per policy by length
+                                          RL (training curves per variant), held-out pass@1 per policy by length,
+                                          the PRM under drift (drift/result.json: an RL checkpoint vs the base)
     runs/<name>/figures/*.png             categories by length, first -1 position, PRM training, RL and pass@1
     runs/<name>/figures/line_views.html   per-line PRM scores next to labels (plain HTML, no widget runtime)
 """
@@ -135,6 +136,32 @@ def best_of_n_table(run_dir: Path) -> list[str]:
     return out
 
 
+def drift_table(drift: dict[str, Any]) -> list[str]:
+    """Markdown rows of ``drift/result.json`` (:func:`prmlab.prm.stage.measure_drift`): the PRM on base samples and
+    on the drifted policy's samples of the same held-out tasks, and the paired difference with its interval."""
+    names = {"accuracy": "line sign accuracy", "auc": "first-error AUC",
+             "accuracy_failing": "accuracy, lines of failing responses",
+             "accuracy_passing": "accuracy, lines of passing responses"}
+    cats = drift.get("categories", {})
+    shares = {p: c.get("correct", 0) / max(sum(c.values()), 1) for p, c in cats.items()}
+    out = [f"| metric | base | {drift['policy']} | difference [95% CI over tasks] |", "|---|---|---|---|"]
+    for key, name in names.items():
+        if key in drift["difference"]:
+            d, lo, hi = drift["difference"][key]
+            out.append(f"| {name} | {drift['base'][key]:.3f} | {drift['drifted'][key]:.3f} | {d:+.3f} "
+                       f"[{lo:+.3f}, {hi:+.3f}] |")
+    out.append(f"| responses (passing) | {drift['base']['n_responses']:.0f} ({shares.get('base', 0):.0%}) | "
+               f"{drift['drifted']['n_responses']:.0f} ({shares.get(drift['policy'], 0):.0%}) | |")
+    return out
+
+
+def drift_heading(drift: dict[str, Any]) -> str:
+    what = ("the temperature PROXY (no RL checkpoint existed when it was measured)" if drift.get("proxy") else
+            "an RL checkpoint")
+    return (f"## The PRM under policy drift: {drift['policy']}, {what}, vs the base "
+            f"({drift['n_tasks']} held-out tasks, labelled by the same binary search)")
+
+
 def _save(axes_or_figure, path: Path, plt) -> str:
     fig = axes_or_figure if isinstance(axes_or_figure, plt.Figure) else axes_or_figure.figure
     fig.savefig(path, dpi=120, bbox_inches="tight")
@@ -178,6 +205,9 @@ def write_report(run_dir: str | Path) -> Path:
         made.append(_save(plots.plot_pass_at_1(rows), figures / "eval_pass_at_1.png", plt))
         made.append(_save(plots.plot_pass_by_length(rows), figures / "eval_pass_by_length.png", plt))
         lines += ["", "## Held-out evaluation (one seed; intervals over tasks)", "", *eval_table(evals)]
+    drift = _load_json(run_dir / "drift" / "result.json")
+    if drift:
+        lines += ["", drift_heading(drift), "", *drift_table(drift)]
     bon = best_of_n_table(run_dir) if (run_dir / "eval").is_dir() else []
     if bon:
         lines += ["", "## The PRM at test time: best-of-N reranking (held-out tasks)", "", *bon]

@@ -33,3 +33,23 @@ def test_report_has_rl_and_eval_sections(tmp_path):
     assert text.index("| base |") < text.index("| rl/sparse |")
     for fig in ("rl_pass_rate", "rl_return", "eval_pass_at_1", "eval_pass_by_length"):
         assert (tmp_path / "figures" / f"{fig}.png").exists() and f"figures/{fig}.png" in text
+
+
+def _drift(proxy: bool, policy: str) -> dict:
+    m = {"accuracy": 0.9, "auc": 0.8, "accuracy_failing": 0.95, "accuracy_passing": 0.6, "n_responses": 8}
+    return {"policy": policy, "proxy": proxy, "n_tasks": 2, "base": m,
+            "drifted": {**m, "accuracy": 0.85, "n_responses": 8},
+            "difference": {k: [-0.05 if k == "accuracy" else 0.0, -0.1, 0.01] for k in
+                           ("accuracy", "auc", "accuracy_failing", "accuracy_passing")},
+            "categories": {"base": {"correct": 2, "wrong": 6}, policy: {"correct": 4, "revised": 4}}}
+
+
+def test_report_has_the_drift_section_and_flags_the_temperature_proxy(tmp_path):
+    (tmp_path / "drift").mkdir()
+    (tmp_path / "drift" / "result.json").write_text(json.dumps(_drift(False, "rl/sparse/rl-100")))
+    text = write_report(tmp_path).read_text()
+    assert "## The PRM under policy drift: rl/sparse/rl-100, an RL checkpoint, vs the base (2 held-out tasks" in text
+    assert "| line sign accuracy | 0.900 | 0.850 | -0.050 [-0.100, +0.010] |" in text
+    assert "| responses (passing) | 8 (25%) | 8 (50%) | |" in text and "PROXY" not in text
+    (tmp_path / "drift" / "result.json").write_text(json.dumps(_drift(True, "base@T0.5")))
+    assert "base@T0.5, the temperature PROXY (no RL checkpoint existed" in write_report(tmp_path).read_text()
