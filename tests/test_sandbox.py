@@ -219,3 +219,17 @@ def test_complete_plan_lets_the_program_exit_after_its_answers(sb):
     leaky = "import threading, time\ndef inc(x):\n    threading.Thread(target=time.sleep, args=(5,)).start()\n" \
             "    return x + 1\n"
     assert sb.run(leaky, TASK).passed  # its threads end with it
+
+
+def test_jobs_queued_behind_a_dying_worker_run_on_a_fresh_one():
+    """Each worker is sent its next job while it runs one: when it dies, the running job is crashed and the queued
+    one, which never started, runs on a fresh worker."""
+    with Sandbox(dataclasses.replace(CFG, workers=1)) as sb:
+        assert sb.run(GOOD, TASK).passed
+        worker_pid = sb._workers[0].proc.pid
+        killer = threading.Timer(0.3, os.kill, (worker_pid, signal.SIGKILL))
+        killer.start()
+        slow, fast = sb.run_many([("import time\ndef inc(x):\n    time.sleep(1)\n", TASK), (GOOD + "# 2\n", TASK)])
+        killer.join()
+        assert slow.status == "crashed" and "worker died" in slow.message
+        assert fast.passed and sb._workers[0].proc.pid != worker_pid

@@ -192,13 +192,15 @@ def _died(e: BaseException) -> dict[str, Any]:
             "message": f"the sandbox worker died or hung while running the program ({type(e).__name__})"}
 
 
-def _serve_slot(worker: _Worker | None, pending: queue.Queue, jobs: list, replies: list, done: queue.Queue,
-                stop: threading.Event, strict: bool) -> _Worker | None:
-    """One worker's share of a batch, :data:`PIPELINE` jobs ahead; returns the worker (None when it was lost).
+def _serve_slot(slot: list, pending: queue.Queue, jobs: list, replies: list, done: queue.Queue,
+                stop: threading.Event, strict: bool) -> None:
+    """One worker's share of a batch, :data:`PIPELINE` jobs ahead; ``slot[0]`` is the worker, kept current (None
+    when it was lost), so that a caller can kill it if this raises with jobs in flight.
 
     A worker that dies or hangs (watchdog) crashes the job it was running, is killed and replaced; the jobs sent
     after it never started and go back to ``pending``. A worker that reports an unclean job exits: the same."""
     sent: collections.deque = collections.deque()
+    worker = slot[0]
     while True:
         while len(sent) < PIPELINE and not stop.is_set():
             try:
@@ -206,7 +208,9 @@ def _serve_slot(worker: _Worker | None, pending: queue.Queue, jobs: list, replie
             except queue.Empty:
                 break
             if not sent:
+                slot[0] = None  # _started closes a dead worker, and a new one when it raises
                 worker, error = _started(worker, strict)
+                slot[0] = worker
                 if error is not None:
                     replies[i] = error
                     done.put(i)
@@ -219,11 +223,12 @@ def _serve_slot(worker: _Worker | None, pending: queue.Queue, jobs: list, replie
                     break
                 worker.close(kill=True)
                 worker, replies[i] = None, _died(e)
+                slot[0] = None
                 done.put(i)
                 continue
             sent.append(i)
         if not sent:
-            return worker
+            return
         i = sent.popleft()
         try:
             replies[i] = worker.receive(jobs[i])
@@ -231,7 +236,7 @@ def _serve_slot(worker: _Worker | None, pending: queue.Queue, jobs: list, replie
             replies[i] = _died(e)
         if replies[i].get("worker_died") or not replies[i].get("clean", True):
             worker.close(kill=True)  # an unclean worker has exited: a fresh one starts lazily
-            worker = None
+            worker = slot[0] = None
             while sent:
                 pending.put(sent.pop())
         done.put(i)
@@ -320,16 +325,18 @@ class Sandbox:
         failures: list[BaseException] = []
 
         def loop(slot: int) -> None:
+            box = [self._workers[slot]]
             try:
-                self._workers[slot] = _serve_slot(self._workers[slot], pending, jobs, replies, done, stop,
-                                                  self.strict)
+                _serve_slot(box, pending, jobs, replies, done, stop, self.strict)
             except BaseException as e:  # SandboxCodeChanged (or a bug): stop, and raise it in the caller
                 failures.append(e)
                 stop.set()
                 done.put(None)
-                if self._workers[slot] is not None:  # it may hold jobs whose replies nobody will read
-                    self._workers[slot].close(kill=True)
-                    self._workers[slot] = None
+                if box[0] is not None:  # it may hold jobs whose replies nobody would read
+                    box[0].close(kill=True)
+                    box[0] = None
+            finally:
+                self._workers[slot] = box[0]
 
         threads = [threading.Thread(target=loop, args=(s,), daemon=True)
                    for s in range(min(self.n_workers, len(jobs)))]
