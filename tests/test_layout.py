@@ -23,7 +23,7 @@ PKG = ROOT / "prmlab"
 #   8 entry points: the run report, the command line, notebook helpers, test helpers
 LAYERS: list[tuple[str, ...]] = [
     ("prmlab", "prmlab.config", "prmlab.records", "prmlab.lines", "prmlab.runs", "prmlab.errors", "prmlab.offline"),
-    ("prmlab.tasks", "prmlab.models", "prmlab.sandbox", "prmlab.plots"),
+    ("prmlab.tasks", "prmlab.models", "prmlab.memory", "prmlab.sandbox", "prmlab.plots"),
     ("prmlab.sampling",),
     ("prmlab.labels",),
     ("prmlab.prm",),

@@ -196,3 +196,61 @@ def test_gpu_preset_pipeline_runs_on_a_4bit_tiny_stand_in(chat_tiny, tmp_path, m
     from prmlab.config import ModelConfig as MC
     base = load_base_model(MC(name_or_path=str(chat_tiny), load_in_4bit=True, dtype="bfloat16"))
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in base.modules())
+
+
+# --------------------------------------------------------------------------------------------- memory estimates
+def test_4bit_bytes_per_weight_by_hand():
+    from prmlab.memory import q4_bytes
+
+    assert q4_bytes(False) == 0.5 + 4 / 64 == 0.5625  # 4-bit codes + one fp32 absmax per 64
+    assert q4_bytes(True) == 0.5 + 1 / 64 + 4 / 16384 == 0.515869140625  # 8-bit absmax + fp32 per 256 blocks
+
+
+def test_memory_estimate_by_hand():
+    from prmlab.memory import ParamCounts, estimate, q4_bytes
+
+    n = ParamCounts(quantizable=6400, other=1000, lora=50, hidden=9, layers=2, kv_heads=1, head_dim=4, vocab=7)
+    cfg = C.preset("cpu-real").replace(rl={"prompts_per_iteration": 2, "samples_per_prompt": 3, "minibatch_size": 2,
+                                           "max_new_tokens": 8})
+    est = estimate(cfg, n)
+    base = 6400 * q4_bytes(True) + 1000 * 4  # 4-bit linears; the rest fp32
+    kv = 2 * 2 * 1 * 4 * (512 + 8) * 6 * 4  # 2 (k, v) * layers * kv heads * head dim * tokens * batch * fp32
+    logits = 2 * 8 * 7 * 4
+    assert est["prmlab"] == {"weights": base + (3 * 50 + 2 * 10) * 4, "training": (2 * 50 + 10) * 12,
+                             "kv cache": kv, "logits": logits,
+                             "total": base + 170 * 4 + 110 * 12 + kv + logits}
+    assert est["separate-4bit"]["weights"] == 4 * base + 170 * 4
+    assert est["trl"]["weights"] == base + 50 * 4 + 2 * (7400 + 10) * 4  # + value and reward models in fp32
+    assert est["trl"]["training"] == 50 * 12 + (7400 + 10) * 3 * 4
+
+
+def test_parameter_counts_from_configs_match_the_models():
+    """Counts built on the meta device equal the toy-coder's real count and the model cards' numbers (Qwen2.5-Coder-
+    1.5B: 1.54B, 1.31B without embeddings; Qwen2.5-7B: 7.61B, 6.53B; SmolLM2-135M: 134.5M)."""
+    from transformers import AutoModelForCausalLM
+
+    from prmlab.memory import load_model_config, param_counts
+    from prmlab.models import data_dir
+
+    def count(name):
+        m = C.preset("tiny").model
+        return param_counts(load_model_config(name), m.lora_r, m.lora_target_modules)
+
+    toy = AutoModelForCausalLM.from_pretrained(data_dir() / "toy-coder")
+    assert count("toy-coder").total == sum(p.numel() for p in toy.parameters())
+    for name, total, body in (("Qwen/Qwen2.5-Coder-1.5B-Instruct", 1.54e9, 1.31e9),
+                              ("Qwen/Qwen2.5-7B-Instruct", 7.61e9, 6.53e9)):
+        n = count(name)
+        assert abs(n.total - total) < 0.006e9 and abs(n.quantizable - body) < 0.006e9, name
+    assert round(count("smollm2-135m-instruct").total / 1e6, 1) == 134.5
+
+
+def test_docs_memory_table_is_current():
+    from pathlib import Path
+
+    from prmlab.memory import memory_markdown
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "real_models.md").read_text()
+    start, end = "<!-- memory table: python -m prmlab.memory -->\n", "\n<!-- end memory table -->"
+    assert start in doc and end in doc
+    assert doc.split(start)[1].split(end)[0] == memory_markdown(), "regenerate: python -m prmlab.memory"
