@@ -294,7 +294,8 @@ def label_responses(responses: Sequence[Response], tasks_by_id: Mapping[str, Tas
     groups = _groups(responses, cfg.group_size)
     labeller = _binary_group if cfg.method == "binary" else _mc_group
     n_new = 0
-    bar = tqdm(total=len(responses), desc=f"labelling ({cfg.method})", disable=not progress)
+    bar = tqdm(total=len(responses), desc=f"labelling ({cfg.method})",
+               disable=not progress or set(ids) <= done)  # no bar when every response is labelled already
     bar.update(len(done & set(ids)))
     for group in groups:
         missing = [r for r in group if r.response_id not in done]
