@@ -66,6 +66,9 @@ def maxrss_mb() -> float:
 
 MEM_CAP_MB = [0.0]
 """The worker's RSS cap (``--mem-cap-mb``): past it the worker stops itself and reports the cap as a lower bound."""
+MEM_FLOOR_MB = 1500.0
+"""The worker also stops itself when the machine's available memory falls below this (other jobs grew meanwhile);
+its peak so far is then reported as a lower bound."""
 
 
 def mem_available_mb() -> float:
@@ -74,9 +77,11 @@ def mem_available_mb() -> float:
 
 
 def over_cap(side: str, peak: float) -> None:
-    """Report a side that passed the memory cap and end the process at once (before the kernel's OOM killer picks
-    a process on this shared machine, possibly someone else's)."""
-    print("RESULT " + json.dumps({"side": side, "over_cap_mb": MEM_CAP_MB[0], "peak_seen_mb": peak}), flush=True)
+    """Report a side that passed the memory cap (or left the machine under ``MEM_FLOOR_MB``) and end the process at
+    once, before the kernel's OOM killer picks a process on this shared machine, possibly someone else's; its RSS so
+    far is a lower bound of its peak."""
+    print("RESULT " + json.dumps({"side": side, "over_cap_mb": peak, "cap_mb": MEM_CAP_MB[0],
+                                  "available_mb": mem_available_mb()}), flush=True)
     os._exit(3)
 
 
@@ -91,7 +96,7 @@ class PeakSampler:
     def _run(self) -> None:
         while not self._stop.is_set():
             self.peak = max(self.peak, rss_mb())
-            if MEM_CAP_MB[0] and self.peak > MEM_CAP_MB[0]:
+            if MEM_CAP_MB[0] and (self.peak > MEM_CAP_MB[0] or mem_available_mb() < MEM_FLOOR_MB):
                 over_cap(self.side, self.peak)
             time.sleep(self.period)
 
@@ -298,8 +303,10 @@ def run_side(side: str, preset_name: str, epochs: int, cap_mb: float) -> dict:
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if lines and "over_cap_mb" in lines[-1]:
-        print(f"{side} on {preset_name} passed the memory cap of {cap_mb:.0f} MB and stopped itself after "
-              f"{time.perf_counter() - t0:.0f} s wall; load {load_avg()}", flush=True)
+        got = json.loads(lines[-1][len("RESULT "):])
+        print(f"{side} on {preset_name} stopped itself at {got['over_cap_mb']:.0f} MB RSS (cap {cap_mb:.0f} MB, "
+              f"{got['available_mb']:.0f} MB left on the machine) after {time.perf_counter() - t0:.0f} s wall; "
+              f"load {load_avg()}", flush=True)
         return {**json.loads(lines[-1][len("RESULT "):]), "failed": "memory cap", "wall_s": time.perf_counter() - t0,
                 "load_before": before}
     if proc.returncode != 0 or not lines:  # e.g. -9: killed by the kernel's OOM killer (see `dmesg`)
@@ -344,7 +351,7 @@ def bound(runs: list[dict]) -> str:
     if not ok:
         return ""
     ratios = [r["prmlab"]["maxrss_mb"] / r["trl"]["over_cap_mb"] for r in ok]
-    return (f"; TRL passed the {ok[0]['trl']['over_cap_mb']:.0f} MB cap: maxrss ratio <= {max(ratios):.2f} "
+    return (f"; TRL stopped at {ok[0]['trl']['over_cap_mb']:.0f} MB (memory cap): maxrss ratio <= {max(ratios):.2f} "
             f"(prmlab {ok[0]['prmlab']['maxrss_mb']:.0f} MB, {ok[0]['prmlab']['seconds']:.0f} s)")
 
 
