@@ -12,7 +12,8 @@ from prmlab import config as C
 from prmlab.config import ModelConfig
 from prmlab.errors import NotAvailable
 from prmlab.models import add_adapters, load_base_model, token_logprobs
-from prmlab.rl.stage import kept_checkpoints
+from prmlab.rl.stage import VARIANTS, kept_checkpoints
+from prmlab.runs import policy_checkpoint
 
 
 def _lora_grads(model, ids) -> dict[str, torch.Tensor]:
@@ -73,7 +74,9 @@ def test_preset_stages_agree_with_each_other(name):
     assert cfg.evaluation.max_new_tokens >= cfg.rl.max_new_tokens, "evaluation must not truncate what RL trained"
     kept = kept_checkpoints(cfg.rl)
     assert len(kept) == cfg.rl.keep_checkpoints, "iterations too few for distinct evenly spaced checkpoints"
-    assert set(cfg.labels.policies) <= {"base", *kept.values()}, "labelled checkpoints must be ones RL keeps"
+    for policy in cfg.labels.policies:  # "base" or "rl/<variant>/<kept checkpoint>" (the paper: the sparse run's)
+        ckpt = policy_checkpoint("run", policy)
+        assert ckpt is None or (ckpt.parts[2] in VARIANTS and ckpt.name in kept.values()), policy
     assert cfg.rl.minibatch_size <= cfg.rl.prompts_per_iteration * cfg.rl.samples_per_prompt
     assert cfg.rl.min_lines <= cfg.rl.max_lines and cfg.tasks.min_lines <= cfg.tasks.max_lines
     assert cfg.model.track == ("completion" if cfg.model.name_or_path == "toy-coder" else "chat")
