@@ -57,8 +57,9 @@ REPORT_PIPE_BYTES = 1 << 20
 """Capacity asked for the verdict pipe (the runner never waits for this process to read it, except past this)."""
 DRAIN_S = 0.05
 """While the program runs, the verdict pipe is emptied this often (a report larger than the pipe then only waits)."""
-PLANS_KEPT = 256
-"""Decoded call plans kept by the worker (one per task; most programs share their task with others)."""
+PLANS_KEPT = 1
+"""Decoded call plans kept by the worker: only the current task's, because this process's memory is copied into
+every program's process, which may see its own task's planned arguments (it receives them anyway) but no other's."""
 F_SETPIPE_SZ = 1031
 PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 36, 38
 PRELOAD = ("typing", "math", "re", "collections", "itertools", "functools", "heapq", "bisect", "string", "copy",
@@ -273,9 +274,9 @@ class Worker:
         return result, clean
 
     def _planned(self, text):
-        """The planned calls ``[(name, args, kwargs)]`` of an encoded plan, decoded here once per task: the
-        program's process gets them ready-made (decoding there cost it about 60 page faults, each a copy of a page
-        shared with this process)."""
+        """The planned calls ``[(name, args, kwargs)]`` of an encoded plan, decoded here (again only when the task
+        changed, see :data:`PLANS_KEPT`): the program's process gets them ready-made (decoding there cost it about
+        60 page faults, each a copy of a page shared with this process)."""
         hit = self.plans.pop(text, None)
         if hit is None:
             hit = [p[1:] for p in plan.decode(text)]
