@@ -233,3 +233,12 @@ def test_jobs_queued_behind_a_dying_worker_run_on_a_fresh_one():
         killer.join()
         assert slow.status == "crashed" and "worker died" in slow.message
         assert fast.passed and sb._workers[0].proc.pid != worker_pid
+
+
+def test_the_protections_probe_leaves_no_directory(tmp_path, monkeypatch):
+    from prmlab.sandbox import protections
+
+    monkeypatch.setenv("PRMLAB_SANDBOX_TMP", str(tmp_path))
+    os.chmod(tmp_path, 0o755)
+    assert protections(refresh=True).mode != "unavailable"
+    assert list(tmp_path.iterdir()) == []

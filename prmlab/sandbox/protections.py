@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
@@ -114,10 +115,18 @@ def protections(refresh: bool = False) -> Protections:
         hello = json.loads(out.stdout.decode().splitlines()[0])
     except (OSError, subprocess.TimeoutExpired, ValueError, IndexError) as e:
         return unavailable(f"{type(e).__name__}: {e}"[:200])
+    _remove_base(hello)
     check_code(hello)
     result = from_flags(hello["protections"])
     _cache[key] = result
     return result
+
+
+def _remove_base(hello: dict[str, Any]) -> None:
+    """The probe worker's base directory on the host (its own mount namespace could not remove the mount point)."""
+    base = hello.get("base")
+    if isinstance(base, str) and Path(base).name.startswith("prmlab-sandbox-"):
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def strict_requested(strict: bool | None) -> bool:
