@@ -138,36 +138,6 @@ def bench_tasks(cfg, rl):
 # the two sides (each in its own subprocess)
 
 
-CHAT_FALLBACKS = [0]
-
-
-def patch_chat_line_ends() -> None:
-    """Work around a chat-track bug of ``prmlab.rl.loop.line_end_columns`` (see docs, "PPO against TRL").
-
-    It places the completion at ``len(prompt_text)`` of offsets that ``response_offsets`` computes on text decoded
-    with ``skip_special_tokens=True``: on the chat track the template's special tokens are missing from that text,
-    so every line end lies past the offsets (``ValueError: no token covers character ...``). Only when the library
-    raises, the completion's start is recomputed on the same decoded text (decoded prompt + healed piece); the
-    compute is unchanged (the same line ends are scored by the same PRM forward).
-    """
-    from prmlab.lines import line_end_positions, line_spans
-    from prmlab.rl import loop
-
-    original = loop.line_end_columns
-
-    def line_end_columns(tokenizer, gen, prompt_text, completion):
-        try:
-            return original(tokenizer, gen, prompt_text, completion)
-        except ValueError:
-            CHAT_FALLBACKS[0] += 1
-            kw = {"skip_special_tokens": True, "clean_up_tokenization_spaces": False}
-            start = len(tokenizer.decode(list(gen.prompt_ids), **kw)) + len(gen.healed)
-            offsets = loop.response_offsets(tokenizer, gen.prompt_ids, gen.new_ids)
-            return line_end_positions(offsets, line_spans(completion), text_start=start)
-
-    loop.line_end_columns = line_end_columns
-
-
 def worker_prmlab(preset_name: str, epochs: int) -> dict:
     import dataclasses
     import tempfile
@@ -191,8 +161,6 @@ def worker_prmlab(preset_name: str, epochs: int) -> dict:
     prm = new_prm(cfg.model, model=model, tokenizer=tok)  # fresh PRM: same compute as a trained one
     save_prm(prm, run_dir / "prm", {"model": dataclasses.asdict(cfg.model)})
     state = build_state(cfg, rl, run_dir, prm.model, tok)  # policy, prm (loaded), critic <- prm
-    if cfg.model.track == "chat":
-        patch_chat_line_ends()
     exec_s = [0.0]
     with Sandbox(dataclasses.replace(cfg.sandbox, allow_execution=True)) as box:
         def execute(pairs):
@@ -209,7 +177,7 @@ def worker_prmlab(preset_name: str, epochs: int) -> dict:
     return {"side": "prmlab", "seconds": seconds, "exec_seconds": exec_s[0], "maxrss_mb": maxrss_mb(),
             "iter_peak_mb": peak.peak, "import_rss_mb": base_rss, "loaded_rss_mb": loaded_rss,
             "response_tokens": row["response_tokens"], "pass_rate": row["pass_rate"],
-            "return_prm": row["return_prm"], "line_end_fallbacks": CHAT_FALLBACKS[0],
+            "return_prm": row["return_prm"],
             "torch_threads": torch.get_num_threads()}
 
 
