@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import secrets
+import select
 import shutil
 import socket
 import subprocess
@@ -33,6 +34,8 @@ CFG = SandboxConfig(allow_execution=True, timeout_s=3.0, cpu_time_s=1, memory_mb
 TASK = Task(task_id="selftest/double", prompt="def double(x):\n", entry_point="double", reference="    return 2 * x\n",
             tests=tuple(f"_out = double({x})\nassert type(_out) is int and _out == {2 * x}, _out" for x in (1, 4, -3)))
 RIGHT = "def double(x):\n    return 2 * x\n"
+NETWORK_SETTLE_S = 1.0
+"""How long the network scenario's check waits for a connection or datagram to arrive (it returns at the first)."""
 WRONG = "def double(x):\n    return x\n"
 NOT_PASSED = ("failed", "crashed", "timed_out")
 ATTEMPT = ("def attempt(name, fn):\n    try:\n        fn()\n        return name\n    except Exception:\n"
@@ -164,6 +167,18 @@ class Outside:
         self.write_targets += [str(home / "prmlab-escape-probe.txt")] if os.access(home, os.W_OK) else []
         self.shared = [f"/dev/shm/prmlab-escape-probe-{secrets.token_hex(4)}"] if os.access("/dev/shm", os.W_OK) else []
         """Shared places a program may see privately (then its write succeeds but must not show up here)."""
+        self.tcp = self.udp = self.unix = None
+        self.renew_network()
+        self.victim = subprocess.Popen(["sleep", "600"], stdin=subprocess.DEVNULL)
+        self.marker = f"61.{secrets.randbelow(10 ** 6):06d}"
+
+    def renew_network(self) -> None:
+        """Fresh listeners for each scenario: on a loaded machine a connection or datagram can arrive after the
+        scenario's check (loopback traffic is delivered in a softirq that may run later), and it must never count
+        against the next scenario; one that arrives for a closed listener is refused and seen by nobody."""
+        for sock in (self.tcp, self.udp, self.unix):
+            if sock is not None:
+                sock.close()
         self.tcp = socket.create_server(("127.0.0.1", 0))
         self.tcp.setblocking(False)
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -174,8 +189,6 @@ class Outside:
         self.unix.bind(self.abstract)
         self.unix.listen()
         self.unix.setblocking(False)
-        self.victim = subprocess.Popen(["sleep", "600"], stdin=subprocess.DEVNULL)
-        self.marker = f"61.{secrets.randbelow(10 ** 6):06d}"
 
     def fields(self) -> dict:
         return {"write_targets": self.write_targets, "shared": self.shared, "victim_file": str(self.victim_file),
@@ -183,8 +196,11 @@ class Outside:
                 "udp_port": self.udp.getsockname()[1], "abstract": self.abstract, "victim_pid": self.victim.pid,
                 "marker": self.marker}
 
-    def changes(self) -> list[str]:
-        """Everything a program changed outside (empty when contained)."""
+    def changes(self, settle_s: float = 0.0) -> list[str]:
+        """Everything a program changed outside (empty when contained); first waits up to ``settle_s`` for a
+        connection or datagram to arrive (see :meth:`renew_network`)."""
+        if settle_s:
+            select.select([self.tcp, self.udp, self.unix], [], [], settle_s)
         seen = []
         entries = sorted(p.name for p in self.dir.iterdir())
         if entries != ["victim.txt"] or self.victim_file.read_text() != "untouched":
@@ -252,8 +268,9 @@ def self_test(names: list[str] | None = None, skip: tuple[str, ...] = ()) -> Sel
             for name, (category, program, expected) in SCENARIOS.items():
                 if (names is not None and name not in names) or name in skip:
                     continue
+                outside.renew_network()
                 r = sb.run(program.format(**outside.fields()), TASK)
-                changes = outside.changes()
+                changes = outside.changes(NETWORK_SETTLE_S if category == "network" else 0.0)
                 after = sb.run(RIGHT, TASK)  # the sandbox is still usable
                 ok = r.status in expected and not changes and after.passed
                 detail = "; ".join(changes + ([] if after.passed else ["the next correct program did not pass"]))
