@@ -465,17 +465,17 @@ def preset(name: str, seed: int = 0) -> Config:
             rl=RLConfig(seed=seed),
         )
     if name == "cpu-real":
-        # Sized for about an hour of one CPU core (docs/real_models.md has the measured time per stage): 4-bit
-        # SmolLM2 generates about 40-65 tokens/s per row on one thread, so every stage is cut to what that buys.
+        # Sized for about an hour of one CPU core (docs/real_models.md has the measured time per stage): a PPO
+        # iteration of 8 rollouts costs about 3.5 min of CPU, labelling the 64 samples about 11 min.
         return Config(
             name="cpu-real", seed=seed,
             model=ModelConfig(name_or_path="smollm2-135m-instruct", track="chat", load_in_4bit=True, num_threads=1),
             tasks=TaskConfig(source="humaneval", n_train=32, n_eval=50, seed=seed),
             sampling=SamplingConfig(n_samples=2, temperature=0.8, max_new_tokens=128, batch_size=16, seed=seed),
             labels=LabelConfig(k=4, max_new_tokens=128, seed=seed),
-            prm=PRMConfig(batch_size=4, seed=seed),
-            rl=RLConfig(iterations=8, prompts_per_iteration=4, samples_per_prompt=2, max_lines=12,
-                        max_new_tokens=128, lr=1e-4, minibatch_size=4, checkpoint_every=2, seed=seed),
+            prm=PRMConfig(batch_size=4, epochs=2, seed=seed),
+            rl=RLConfig(iterations=4, prompts_per_iteration=4, samples_per_prompt=2, max_lines=12,
+                        max_new_tokens=128, lr=1e-4, minibatch_size=4, checkpoint_every=1, seed=seed),
             evaluation=EvalConfig(n_samples=2, max_new_tokens=128, batch_size=32),
         )
     if name == "gpu":
