@@ -9,7 +9,7 @@
     prmlab study      --preset tiny --allow-execution   every configuration over 3 seeds -> runs/<name>-study/
     prmlab report     --preset tiny                 runs/<name>/report.md and figures/ for the stages that ran
     prmlab doctor                                   the sandbox's protections on this machine and its self-test
-    prmlab pipeline   --preset tiny --allow-execution   label, PRM, RL (PIPELINE_VARIANTS), evaluation, report
+    prmlab pipeline   --preset tiny --allow-execution   label, PRM, RL (PIPELINE_VARIANTS), drift, evaluation, report
 
 Every command takes ``--preset``, ``--seed``, ``--run-dir`` (default ``runs/<preset>``) and repeated
 ``--set stage.field=value`` overrides (the value is parsed as JSON when it can be, e.g. ``--set labels.k=4``).
@@ -35,6 +35,10 @@ from prmlab.rl.stage import VARIANTS
 
 PIPELINE_VARIANTS: tuple[str, ...] = ("sparse", "dense+value-init")
 """The RL variants the main command trains: the paper's baseline and its best configuration (the study runs all)."""
+PIPELINE_DRIFT_TASKS: dict[str, int] = {"tiny": 30}
+"""Held-out tasks on which the main command measures the PRM under drift (the sparse run's last checkpoint against
+the base, :func:`prmlab.prm.stage.measure_drift`), per preset; other presets skip it (labelling a real model's
+samples costs minutes per task on a CPU: notebooks 02 and 03 show how to run it)."""
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
@@ -128,6 +132,18 @@ def _rl(cfg: Config, run_dir: Path, variant: str, allow_execution: bool) -> None
     print(f"[rl] {run_rl(cfg, run_dir, variant, allow_execution=allow_execution)}")
 
 
+def _drift(cfg: Config, run_dir: Path, allow_execution: bool) -> None:
+    from prmlab.prm.model import load_prm
+    from prmlab.prm.stage import measure_drift
+
+    n_tasks = PIPELINE_DRIFT_TASKS.get(cfg.name, 0)
+    if not n_tasks:
+        print(f"[drift] skipped on the {cfg.name} preset (see notebooks 02 and 03 to measure the PRM under drift)")
+        return
+    prm = load_prm(run_dir / "prm")
+    print(f"[drift] {measure_drift(cfg, run_dir, prm, n_tasks, allow_execution=allow_execution)}")
+
+
 def _eval(cfg: Config, run_dir: Path, policy: str, allow_execution: bool) -> None:
     from prmlab.evaluation.stage import run_eval
 
@@ -202,6 +218,7 @@ def _run(args: argparse.Namespace) -> int:
         _train_prm(cfg, run_dir)
         for variant in PIPELINE_VARIANTS:
             _rl(cfg, run_dir, variant, args.allow_execution)
+        _drift(cfg, run_dir, args.allow_execution)
         for policy in ("base",) + tuple(f"rl/{v}" for v in PIPELINE_VARIANTS):
             _eval(cfg, run_dir, policy, args.allow_execution)
         _report(run_dir, cfg.name)

@@ -158,10 +158,11 @@ def chat_tiny(tmp_path_factory):
 def test_gpu_preset_pipeline_runs_on_a_4bit_tiny_stand_in(chat_tiny, tmp_path, monkeypatch, capsys):
     """`prmlab pipeline --preset gpu` with only the model (a local tiny one), the device (cpu) and the budget
     changed: the chat track, a 4-bit bfloat16 base with adapters, hub-shaped MBPP rows -> Task (the hub replaced by
-    in-memory rows), labels, PRM, both RL configurations, evaluation and the report."""
+    in-memory rows), labels, PRM, both RL configurations, the PRM under drift, evaluation and the report."""
     import bitsandbytes as bnb
     import datasets
 
+    from prmlab import cli
     from prmlab.cli import main
     from prmlab.tasks import hub
 
@@ -173,6 +174,7 @@ def test_gpu_preset_pipeline_runs_on_a_4bit_tiny_stand_in(chat_tiny, tmp_path, m
 
     monkeypatch.setattr(hub, "hub_reachable", lambda: True)
     monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    monkeypatch.setattr(cli, "PIPELINE_DRIFT_TASKS", {"gpu": 1})  # the drift stage too, on one held-out task
     budget = ["model.device=cpu", "model.num_threads=1", "model.lora_r=4", "tasks.n_train=4", "tasks.n_eval=2",
               "sampling.n_samples=2", "sampling.max_new_tokens=24", "labels.k=2", "labels.max_new_tokens=24",
               "prm.epochs=1", "rl.iterations=4", "rl.checkpoint_every=2", "rl.prompts_per_iteration=2",
@@ -195,6 +197,10 @@ def test_gpu_preset_pipeline_runs_on_a_4bit_tiny_stand_in(chat_tiny, tmp_path, m
         assert json.loads((tmp_path / "eval" / f"{policy}.json").read_text())["n_tasks"] == 2
     assert sorted(p.name for p in (tmp_path / "rl" / "sparse" / "checkpoints").iterdir()) == \
         ["last", "rl-100", "rl-25", "rl-50", "rl-75"]
+    drift = json.loads((tmp_path / "drift" / "result.json").read_text())
+    assert drift["policy"] == "rl/sparse/rl-100" and not drift["proxy"] and drift["n_tasks"] == 1
+    assert "[drift] PRM under drift on 1 held-out tasks, rl/sparse/rl-100 (RL checkpoint)" in out
+    assert "## The PRM under policy drift: rl/sparse/rl-100, an RL checkpoint" in (tmp_path / "report.md").read_text()
 
     from prmlab.config import ModelConfig as MC
     base = load_base_model(MC(name_or_path=str(chat_tiny), load_in_4bit=True, dtype="bfloat16"))
