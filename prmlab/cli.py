@@ -119,9 +119,13 @@ def _label(cfg: Config, run_dir: Path, allow_execution: bool) -> None:
     print(f"[label] {result}")
 
 
-def _train_prm(cfg: Config, run_dir: Path) -> None:
-    from prmlab.prm.stage import run_prm
+def _train_prm(cfg: Config, run_dir: Path, again: bool = True) -> None:
+    from prmlab.prm.stage import prm_is_current, run_prm
 
+    if not again and prm_is_current(run_dir / "prm", cfg.prm, run_dir / "labels.jsonl"):
+        print(f"[train-prm] {run_dir / 'prm'} is current (trained with this config after the labels last changed); "
+              "`prmlab train-prm` trains it again")
+        return
     result = run_prm(cfg, run_dir)
     print(f"[train-prm] {result}")
 
@@ -215,7 +219,7 @@ def _run(args: argparse.Namespace) -> int:
         _report(run_dir, cfg.name)
     elif args.command == "pipeline":
         _label(cfg, run_dir, args.allow_execution)
-        _train_prm(cfg, run_dir)
+        _train_prm(cfg, run_dir, again=False)
         for variant in PIPELINE_VARIANTS:
             _rl(cfg, run_dir, variant, args.allow_execution)
         _drift(cfg, run_dir, args.allow_execution)

@@ -61,17 +61,12 @@ def saved_prm_result(out_dir: str | os.PathLike, prm_cfg, labels_path: str | os.
     import dataclasses
 
     from prmlab.prm.model import load_prm
-    from prmlab.prm.stage import PRMTrainResult
+    from prmlab.prm.stage import PRMTrainResult, prm_is_current
 
-    out_dir, labels_path = Path(out_dir), Path(labels_path)
-    result_file, config_file = out_dir / "result.json", out_dir / "config.json"
-    if not (result_file.exists() and config_file.exists() and labels_path.exists()):
+    out_dir = Path(out_dir)
+    if not prm_is_current(out_dir, prm_cfg, labels_path):
         return None
-    if result_file.stat().st_mtime < labels_path.stat().st_mtime:
-        return None
-    saved = json.loads(config_file.read_text(encoding="utf-8")).get("prm")
-    if saved != json.loads(json.dumps(dataclasses.asdict(prm_cfg))):
-        return None
+    result_file = out_dir / "result.json"
     data = json.loads(result_file.read_text(encoding="utf-8"))
     known = {f.name for f in dataclasses.fields(PRMTrainResult)} - {"prm", "history"}
     history = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()

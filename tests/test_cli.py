@@ -55,3 +55,48 @@ def test_report_summarises_labels_and_prm(tmp_path, capsys):
     text = (tmp_path / "report.md").read_text()
     assert "| share wrong | 50.0% |" in text and "| PRM first-error ROC AUC (held-out tasks) | 0.900 |" in text
     assert (tmp_path / "figures" / "categories_by_length.png").exists()
+
+
+def _trained_prm_dir(tmp_path, prm_cfg):
+    """A run directory whose prm/ looks trained after its labels: labels.jsonl, then prm/config.json and result.json."""
+    import dataclasses
+    import os
+
+    (tmp_path / "labels.jsonl").write_text("{}\n")
+    (tmp_path / "prm").mkdir()
+    (tmp_path / "prm" / "config.json").write_text(json.dumps({"prm": dataclasses.asdict(prm_cfg)}))
+    (tmp_path / "prm" / "result.json").write_text("{}")
+    t = (tmp_path / "labels.jsonl").stat().st_mtime
+    os.utime(tmp_path / "prm" / "result.json", (t + 1, t + 1))
+    return tmp_path
+
+
+def test_prm_is_current_only_for_the_same_config_trained_after_the_labels(tmp_path):
+    import os
+
+    from prmlab.prm.stage import prm_is_current
+
+    cfg = build_config("tiny", 0, [])
+    run = _trained_prm_dir(tmp_path, cfg.prm)
+    assert prm_is_current(run / "prm", cfg.prm, run / "labels.jsonl")
+    assert not prm_is_current(run / "prm", cfg.replace(prm={"epochs": cfg.prm.epochs + 1}).prm, run / "labels.jsonl")
+    t = (run / "prm" / "result.json").stat().st_mtime
+    os.utime(run / "labels.jsonl", (t + 1, t + 1))  # labels changed after the PRM was trained
+    assert not prm_is_current(run / "prm", cfg.prm, run / "labels.jsonl")
+    assert not prm_is_current(tmp_path / "nothing", cfg.prm, run / "labels.jsonl")
+
+
+def test_pipeline_keeps_a_current_prm_and_train_prm_trains_again(tmp_path, monkeypatch, capsys):
+    """A resumed pipeline does not train the PRM again (the RL runs after it were trained with that PRM);
+    `prmlab train-prm` always trains."""
+    from prmlab import cli
+    from prmlab.prm import stage
+
+    cfg = build_config("tiny", 0, [])
+    run = _trained_prm_dir(tmp_path, cfg.prm)
+    calls = []
+    monkeypatch.setattr(stage, "run_prm", lambda c, d: calls.append(d) or "trained")
+    cli._train_prm(cfg, run, again=False)
+    assert calls == [] and "is current" in capsys.readouterr().out
+    cli._train_prm(cfg, run)
+    assert calls == [run] and "[train-prm] trained" in capsys.readouterr().out

@@ -170,6 +170,19 @@ def _result_json(result: PRMTrainResult) -> dict[str, Any]:
     return {k: v for k, v in dataclasses.asdict(dataclasses.replace(result, prm=None)).items() if k != "prm"}
 
 
+def prm_is_current(out_dir: str | Path, prm_cfg: PRMConfig, labels_path: str | Path) -> bool:
+    """True when ``out_dir`` holds a PRM trained with ``prm_cfg`` after ``labels_path`` last changed (so training it
+    again would reproduce it: what the pipeline and the notebooks skip); False when anything is missing or older."""
+    out_dir, labels_path = Path(out_dir), Path(labels_path)
+    result_file, config_file = out_dir / "result.json", out_dir / "config.json"
+    if not (result_file.exists() and config_file.exists() and labels_path.exists()):
+        return False
+    if result_file.stat().st_mtime < labels_path.stat().st_mtime:
+        return False
+    saved = json.loads(config_file.read_text(encoding="utf-8")).get("prm")
+    return saved == json.loads(json.dumps(dataclasses.asdict(prm_cfg)))
+
+
 def run_prm(cfg: Config, run_dir: str | Path, model=None, tokenizer=None, progress: bool = True) -> PRMTrainResult:
     """Train the PRM of a run on ``run_dir/labels.jsonl`` into ``run_dir/prm/`` (``prmlab train-prm``).
 
