@@ -18,10 +18,14 @@ Report lines (runner to worker): ``S`` (ready), ``P ok msg`` (program ran), ``T 
 ``E`` (end of this job's report).
 """
 
+import builtins
+import fcntl
 import os
 import resource
 import signal
+import types
 
+import isolation
 import plan as plan_module
 import wire
 
@@ -36,38 +40,63 @@ def _prctl(libc, option, value):
     return libc.prctl(option, value, 0, 0, 0) if libc is not None else -1
 
 
-def setup_process(lim, workdir, out_w, keep, creds, libc, ruleset, userns):
+def rlimits(lim):
+    """The ``(resource, (soft, hard))`` pairs of a job's limits, computed by the worker once per set of limits: each
+    forked process then only makes the system calls (every object it builds or touches costs it copied pages)."""
+    mib, cpu = 1 << 20, lim["cpu_time_s"]
+    return ((resource.RLIMIT_CORE, (0, 0)),
+            (resource.RLIMIT_CPU, (cpu, cpu + 1)),
+            (resource.RLIMIT_AS, (lim["memory_mb"] * mib, lim["memory_mb"] * mib)),
+            (resource.RLIMIT_FSIZE, (lim["max_file_mb"] * mib, lim["max_file_mb"] * mib)),
+            (resource.RLIMIT_NOFILE, (MAX_OPEN_FILES, MAX_OPEN_FILES)),
+            (resource.RLIMIT_NPROC, (lim["nproc"], lim["nproc"])))
+
+
+def setup_process(limits, workdir, out_w, keep, creds, libc, ruleset, userns, null):
     """Own session, stdin from /dev/null, stdout/stderr to the output pipe, ``keep`` fds moved to 3, 4, ..., all
-    other fds closed, the work directory, rlimits, the sandbox uid (root), then :func:`isolation.confine`."""
-    import fcntl
-
-    import isolation
-
+    other fds closed, the work directory, rlimits (:func:`rlimits`), the sandbox uid (root), then
+    :func:`isolation.confine`. The worker opened ``null`` and the Landlock ``ruleset`` at 64 or above, out of the
+    way of the targets. This runs in every forked process, where each object touched costs a copied page: plain
+    statements, no comprehensions, everything computable in advance computed by the worker."""
+    dup2 = os.dup2
     os.setsid()
-    high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 64) for fd in keep]  # out of the way of the targets 3, 4, ...
-    ruleset = fcntl.fcntl(ruleset, fcntl.F_DUPFD, 64) if ruleset is not None else None
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.dup2(out_w, 1)
-    os.dup2(out_w, 2)
-    for i, fd in enumerate(high):
-        os.dup2(fd, 3 + i)
+    if len(keep) > 1:  # the runner's two fds: one could be the other's target
+        keep = [fcntl.fcntl(fd, fcntl.F_DUPFD, 64) for fd in keep]
+    dup2(null, 0)
+    dup2(out_w, 1)
+    dup2(out_w, 2)
+    target = 3
+    for fd in keep:
+        dup2(fd, target)
+        target += 1
     os.chdir(workdir)  # HOME and TMPDIR are "." (set once in the worker)
-    mib = 1 << 20
-    for res, soft, hard in ((resource.RLIMIT_CORE, 0, 0),
-                            (resource.RLIMIT_CPU, lim["cpu_time_s"], lim["cpu_time_s"] + 1),
-                            (resource.RLIMIT_AS, lim["memory_mb"] * mib, lim["memory_mb"] * mib),
-                            (resource.RLIMIT_FSIZE, lim["max_file_mb"] * mib, lim["max_file_mb"] * mib),
-                            (resource.RLIMIT_NOFILE, MAX_OPEN_FILES, MAX_OPEN_FILES),
-                            (resource.RLIMIT_NPROC, lim["nproc"], lim["nproc"])):
-        resource.setrlimit(res, (soft, hard))
+    setrlimit = resource.setrlimit
+    for res, values in limits:
+        setrlimit(res, values)
     if creds is not None:
-        os.setgroups([])
+        os.setgroups(())
         os.setgid(creds[1])
         os.setuid(creds[0])
     isolation.confine(libc, ruleset, userns)
-    os.closerange(3 + len(keep), 1 << 16)
+    os.closerange(target, 1 << 16)
     _prctl(libc, PR_SET_PDEATHSIG, signal.SIGKILL)  # after setuid, which clears it
+
+
+def forked(setup, main, args, runner=False):
+    """The body of a process the worker just forked: set up (exit 71 on failure), then ``main(*args)`` (never
+    returns). A module-level function called straight after ``fork``, so that the forked process builds no closure
+    and runs no code the worker itself runs (its objects would be copied)."""
+    try:
+        setup_process(*setup)
+        if runner:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            _prctl(setup[5], PR_SET_DUMPABLE, 0)  # setup[5] is libc; no ptrace, no /proc/<pid>/fd or mem
+    except BaseException:
+        os._exit(SETUP_FAILED)
+    try:
+        main(*args)
+    finally:
+        os._exit(SETUP_FAILED + 2)
 
 
 def describe(e, type_=type, str_=str, base_exc=BaseException):
@@ -118,9 +147,6 @@ def program_process(chan, safe_builtins, program, mode, planned, complete):
     Nothing here is trusted: the program can replace any of it. It is written so that an honest program is
     judged correctly; a dishonest one can at most send wrong values or break the channel (a failure or a crash).
     """
-    import builtins
-    import types
-
     send, exit_, plain, class_ids = wire.send, os._exit, wire.PLAIN, wire.CLASS_IDS
     channel = wire.Channel(chan)
     handles = {}
