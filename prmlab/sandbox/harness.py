@@ -147,8 +147,7 @@ def program_process(chan, safe_builtins, program, mode, planned, complete):
     Nothing here is trusted: the program can replace any of it. It is written so that an honest program is
     judged correctly; a dishonest one can at most send wrong values or break the channel (a failure or a crash).
     """
-    send, exit_, plain, class_ids = wire.send, os._exit, wire.PLAIN, wire.CLASS_IDS
-    channel = wire.Channel(chan)
+    send, exit_, plain, class_ids, new_channel = wire.send, os._exit, wire.PLAIN, wire.CLASS_IDS, wire.Channel
     handles = {}
 
     def reply(message):
@@ -200,6 +199,7 @@ def program_process(chan, safe_builtins, program, mode, planned, complete):
             break
     if complete and plain_answers:
         exit_(0)  # nothing more will be asked: the runner judges from the answers it has
+    channel = new_channel(chan)  # only now: most programs' processes never read a request (a copied page less)
     ops = {"getattr": getattr, "list": list, "len": len, "getitem": lambda o, key: o[key]}
     while True:
         try:
