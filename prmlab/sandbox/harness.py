@@ -147,27 +147,9 @@ def program_process(chan, safe_builtins, program, mode, planned, complete):
     Nothing here is trusted: the program can replace any of it. It is written so that an honest program is
     judged correctly; a dishonest one can at most send wrong values or break the channel (a failure or a crash).
     """
-    send, exit_, plain, class_ids, new_channel = wire.send, os._exit, wire.PLAIN, wire.CLASS_IDS, wire.Channel
+    exit_, plain, class_ids, new_channel = os._exit, wire.PLAIN, wire.CLASS_IDS, wire.Channel
+    reply, call = _reply, _call
     handles = {}
-
-    def reply(message):
-        """Send one message; returns how many handles it made (0 when the message held plain data only)."""
-        try:
-            return send(chan, message, wire.ProgramPickler, handles).made
-        except OSError:
-            exit_(SETUP_FAILED + 1)
-        except BaseException as e:  # an unpicklable or too deep value
-            send(chan, ("raise", type(e).__name__, str(e)[:MSG_CHARS]), wire.ProgramPickler, handles)
-            return 0
-
-    def call(fn, args, kwargs):
-        try:
-            result = fn(*args, **kwargs)
-            changed = {i: a for i, a in enumerate(args) if type(a) in (list, dict, set, bytearray)}
-            return ("ok", result, changed)
-        except BaseException as e:
-            return ("raise", type(e).__name__, (str(e) + _program_line(e))[:MSG_CHARS])
-
     ns, ran = {}, (True, "")
     try:
         code = compile(program, "<program>", "exec", dont_inherit=True, optimize=0)
@@ -178,10 +160,15 @@ def program_process(chan, safe_builtins, program, mode, planned, complete):
             exec(code, ns)
     except BaseException as e:
         ran = (False, describe(e) + _program_line(e))
-    names = {k: v for k, v in ns.items() if not k.startswith("__") and k not in safe_builtins
-             and not isinstance(v, types.ModuleType)}
-    modules = {k: v.__name__ for k, v in ns.items() if isinstance(v, types.ModuleType) and not k.startswith("__")}
-    reply(("ran", ran[0], ran[1], names if ran[0] else {}, modules if ran[0] else {}))
+    names, modules, module_type = {}, {}, types.ModuleType  # one plain loop: no comprehension to build here
+    for k, v in ns.items():
+        if k.startswith("__"):
+            continue
+        if isinstance(v, module_type):
+            modules[k] = v.__name__
+        elif k not in safe_builtins:
+            names[k] = v
+    reply(chan, handles, ("ran", ran[0], ran[1], names if ran[0] else {}, modules if ran[0] else {}))
     # The planned calls (prmlab.sandbox.plan), in order, one message each, without waiting for the runner: stop (with
     # a "stop" message) at a name that is not a function here, or after a result that holds a handle (the runner
     # may use it before the next call).
@@ -189,13 +176,13 @@ def program_process(chan, safe_builtins, program, mode, planned, complete):
     for k, (name, args, kwargs) in enumerate(planned if ran[0] else ()):
         fn = names.get(name)
         if fn is None or type(fn) in plain or id(fn) in class_ids:
-            reply(("stop",))
+            reply(chan, handles, ("stop",))
             plain_answers = False
             break
-        if reply(call(fn, args, kwargs)):
+        if reply(chan, handles, call(fn, args, kwargs)):
             plain_answers = False
             if k + 1 < len(planned):
-                reply(("stop",))
+                reply(chan, handles, ("stop",))
             break
     if complete and plain_answers:
         exit_(0)  # nothing more will be asked: the runner judges from the answers it has
@@ -213,7 +200,29 @@ def program_process(chan, safe_builtins, program, mode, planned, complete):
             answer = call(obj, *message[2:]) if message[0] == "call" else ("ok", ops[message[0]](obj, *message[2:]), {})
         except BaseException as e:
             answer = ("raise", type(e).__name__, (str(e) + _program_line(e))[:MSG_CHARS])
-        reply(answer)
+        reply(chan, handles, answer)
+
+
+def _reply(chan, handles, message, send=wire.send, pickler=wire.ProgramPickler, exit_=os._exit):
+    """The program's process sends one message; returns how many handles it made (0 when the message held plain
+    data only). Module-level with its helpers bound here, so that each process creates no closure."""
+    try:
+        return send(chan, message, pickler, handles).made
+    except OSError:
+        exit_(SETUP_FAILED + 1)
+    except BaseException as e:  # an unpicklable or too deep value
+        send(chan, ("raise", type(e).__name__, str(e)[:MSG_CHARS]), pickler, handles)
+        return 0
+
+
+def _call(fn, args, kwargs):
+    """One call into the program, as the message that answers it."""
+    try:
+        result = fn(*args, **kwargs)
+        changed = {i: a for i, a in enumerate(args) if type(a) in (list, dict, set, bytearray)}
+        return ("ok", result, changed)
+    except BaseException as e:
+        return ("raise", type(e).__name__, (str(e) + _program_line(e))[:MSG_CHARS])
 
 
 # --------------------------------------------------------------------------------------------- the test runner
