@@ -34,6 +34,10 @@ SETUP_FAILED = 71
 MSG_CHARS = 300
 MAX_OPEN_FILES = 256
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE = 1, 4
+_setsid, _dup2, _chdir, _setrlimit, _closerange = os.setsid, os.dup2, os.chdir, resource.setrlimit, os.closerange
+_setgroups, _setgid, _setuid, _confine, _SIGKILL = os.setgroups, os.setgid, os.setuid, isolation.confine, signal.SIGKILL
+"""Bound once at import for :func:`setup_process`: in a forked process every ``module.name`` goes through the type
+attribute cache, whose misses write (and so copy) its pages."""
 
 
 def _prctl(libc, option, value):
@@ -52,34 +56,34 @@ def rlimits(lim):
             (resource.RLIMIT_NPROC, (lim["nproc"], lim["nproc"])))
 
 
-def setup_process(limits, workdir, out_w, keep, creds, libc, ruleset, userns, null):
+def setup_process(limits, workdir, out_w, keep, creds, calls, prctl, null):
     """Own session, stdin from /dev/null, stdout/stderr to the output pipe, ``keep`` fds moved to 3, 4, ..., all
-    other fds closed, the work directory, rlimits (:func:`rlimits`), the sandbox uid (root), then
-    :func:`isolation.confine`. The worker opened ``null`` and the Landlock ``ruleset`` at 64 or above, out of the
-    way of the targets. This runs in every forked process, where each object touched costs a copied page: plain
-    statements, no comprehensions, everything computable in advance computed by the worker."""
-    dup2 = os.dup2
-    os.setsid()
+    other fds closed, the work directory, rlimits (:func:`rlimits`), the sandbox uid (root), the confining system
+    calls (:func:`isolation.confinement`), then the parent-death signal (``prctl`` is libc's, None without libc).
+    The worker opened ``null`` and the Landlock ruleset at 64 or above, out of the way of the targets. This runs in
+    every forked process, where each object touched costs a copied page: plain statements, no comprehensions,
+    everything computable in advance computed by the worker."""
+    _setsid()
     if len(keep) > 1:  # the runner's two fds: one could be the other's target
         keep = [fcntl.fcntl(fd, fcntl.F_DUPFD, 64) for fd in keep]
-    dup2(null, 0)
-    dup2(out_w, 1)
-    dup2(out_w, 2)
+    _dup2(null, 0)
+    _dup2(out_w, 1)
+    _dup2(out_w, 2)
     target = 3
     for fd in keep:
-        dup2(fd, target)
+        _dup2(fd, target)
         target += 1
-    os.chdir(workdir)  # HOME and TMPDIR are "." (set once in the worker)
-    setrlimit = resource.setrlimit
+    _chdir(workdir)  # HOME and TMPDIR are "." (set once in the worker)
     for res, values in limits:
-        setrlimit(res, values)
+        _setrlimit(res, values)
     if creds is not None:
-        os.setgroups(())
-        os.setgid(creds[1])
-        os.setuid(creds[0])
-    isolation.confine(libc, ruleset, userns)
-    os.closerange(target, 1 << 16)
-    _prctl(libc, PR_SET_PDEATHSIG, signal.SIGKILL)  # after setuid, which clears it
+        _setgroups(())
+        _setgid(creds[1])
+        _setuid(creds[0])
+    _confine(calls)
+    _closerange(target, 1 << 16)
+    if prctl is not None:
+        prctl(PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)  # after setuid, which clears it
 
 
 def forked(setup, main, args, runner=False):
@@ -90,7 +94,9 @@ def forked(setup, main, args, runner=False):
         setup_process(*setup)
         if runner:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-            _prctl(setup[5], PR_SET_DUMPABLE, 0)  # setup[5] is libc; no ptrace, no /proc/<pid>/fd or mem
+            prctl = setup[6]  # (limits, workdir, out_w, keep, creds, calls, prctl, null)
+            if prctl is not None:
+                prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # no ptrace, no /proc/<pid>/fd or mem
     except BaseException:
         os._exit(SETUP_FAILED)
     try:

@@ -96,7 +96,9 @@ class Worker:
                                                       self.creds is not None)
         self.counter, self.previous, self.runner, self.plans, self.limits = 0, None, None, {}, {}
         self.null = _high(os.open(os.devnull, os.O_RDONLY))  # each forked process's stdin
-        self.confinement = (self.creds, self.libc, self.ruleset, self.ns.get("user_namespace"), self.null)
+        calls = isolation.confinement(self.libc, self.ruleset, self.ns.get("user_namespace"))
+        prctl = self.libc.prctl if self.libc is not None else None
+        self.confinement = (self.creds, calls, prctl, self.null)
         """The arguments of :func:`harness.setup_process` that are the same for every process (built once)."""
         import builtins
 
