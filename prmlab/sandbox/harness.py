@@ -18,10 +18,14 @@ Report lines (runner to worker): ``S`` (ready), ``P ok msg`` (program ran), ``T 
 ``E`` (end of this job's report).
 """
 
+import builtins
+import fcntl
 import os
 import resource
 import signal
+import types
 
+import isolation
 import plan as plan_module
 import wire
 
@@ -30,44 +34,75 @@ SETUP_FAILED = 71
 MSG_CHARS = 300
 MAX_OPEN_FILES = 256
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE = 1, 4
+_setsid, _dup2, _chdir, _setrlimit, _closerange = os.setsid, os.dup2, os.chdir, resource.setrlimit, os.closerange
+_setgroups, _setgid, _setuid, _confine, _SIGKILL = os.setgroups, os.setgid, os.setuid, isolation.confine, signal.SIGKILL
+"""Bound once at import for :func:`setup_process`: in a forked process every ``module.name`` goes through the type
+attribute cache, whose misses write (and so copy) its pages."""
 
 
 def _prctl(libc, option, value):
     return libc.prctl(option, value, 0, 0, 0) if libc is not None else -1
 
 
-def setup_process(lim, workdir, out_w, keep, creds, libc, ruleset, userns):
+def rlimits(lim):
+    """The ``(resource, (soft, hard))`` pairs of a job's limits, computed by the worker once per set of limits: each
+    forked process then only makes the system calls (every object it builds or touches costs it copied pages)."""
+    mib, cpu = 1 << 20, lim["cpu_time_s"]
+    return ((resource.RLIMIT_CORE, (0, 0)),
+            (resource.RLIMIT_CPU, (cpu, cpu + 1)),
+            (resource.RLIMIT_AS, (lim["memory_mb"] * mib, lim["memory_mb"] * mib)),
+            (resource.RLIMIT_FSIZE, (lim["max_file_mb"] * mib, lim["max_file_mb"] * mib)),
+            (resource.RLIMIT_NOFILE, (MAX_OPEN_FILES, MAX_OPEN_FILES)),
+            (resource.RLIMIT_NPROC, (lim["nproc"], lim["nproc"])))
+
+
+def setup_process(limits, workdir, out_w, keep, creds, calls, prctl, null):
     """Own session, stdin from /dev/null, stdout/stderr to the output pipe, ``keep`` fds moved to 3, 4, ..., all
-    other fds closed, the work directory, rlimits, the sandbox uid (root), then :func:`isolation.confine`."""
-    import fcntl
-
-    import isolation
-
-    os.setsid()
-    high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 64) for fd in keep]  # out of the way of the targets 3, 4, ...
-    ruleset = fcntl.fcntl(ruleset, fcntl.F_DUPFD, 64) if ruleset is not None else None
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.dup2(out_w, 1)
-    os.dup2(out_w, 2)
-    for i, fd in enumerate(high):
-        os.dup2(fd, 3 + i)
-    os.chdir(workdir)  # HOME and TMPDIR are "." (set once in the worker)
-    mib = 1 << 20
-    for res, soft, hard in ((resource.RLIMIT_CORE, 0, 0),
-                            (resource.RLIMIT_CPU, lim["cpu_time_s"], lim["cpu_time_s"] + 1),
-                            (resource.RLIMIT_AS, lim["memory_mb"] * mib, lim["memory_mb"] * mib),
-                            (resource.RLIMIT_FSIZE, lim["max_file_mb"] * mib, lim["max_file_mb"] * mib),
-                            (resource.RLIMIT_NOFILE, MAX_OPEN_FILES, MAX_OPEN_FILES),
-                            (resource.RLIMIT_NPROC, lim["nproc"], lim["nproc"])):
-        resource.setrlimit(res, (soft, hard))
+    other fds closed, the work directory, rlimits (:func:`rlimits`), the sandbox uid (root), the confining system
+    calls (:func:`isolation.confinement`), then the parent-death signal (``prctl`` is libc's, None without libc).
+    The worker opened ``null`` and the Landlock ruleset at 64 or above, out of the way of the targets. This runs in
+    every forked process, where each object touched costs a copied page: plain statements, no comprehensions,
+    everything computable in advance computed by the worker."""
+    _setsid()
+    if len(keep) > 1:  # the runner's two fds: one could be the other's target
+        keep = [fcntl.fcntl(fd, fcntl.F_DUPFD, 64) for fd in keep]
+    _dup2(null, 0)
+    _dup2(out_w, 1)
+    _dup2(out_w, 2)
+    target = 3
+    for fd in keep:
+        _dup2(fd, target)
+        target += 1
+    _chdir(workdir)  # HOME and TMPDIR are "." (set once in the worker)
+    for res, values in limits:
+        _setrlimit(res, values)
     if creds is not None:
-        os.setgroups([])
-        os.setgid(creds[1])
-        os.setuid(creds[0])
-    isolation.confine(libc, ruleset, userns)
-    os.closerange(3 + len(keep), 1 << 16)
-    _prctl(libc, PR_SET_PDEATHSIG, signal.SIGKILL)  # after setuid, which clears it
+        _setgroups(())
+        _setgid(creds[1])
+        _setuid(creds[0])
+    _confine(calls)
+    _closerange(target, 1 << 16)
+    if prctl is not None:
+        prctl(PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0)  # after setuid, which clears it
+
+
+def forked(setup, main, args, runner=False):
+    """The body of a process the worker just forked: set up (exit 71 on failure), then ``main(*args)`` (never
+    returns). A module-level function called straight after ``fork``, so that the forked process builds no closure
+    and runs no code the worker itself runs (its objects would be copied)."""
+    try:
+        setup_process(*setup)
+        if runner:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            prctl = setup[6]  # (limits, workdir, out_w, keep, creds, calls, prctl, null)
+            if prctl is not None:
+                prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)  # no ptrace, no /proc/<pid>/fd or mem
+    except BaseException:
+        os._exit(SETUP_FAILED)
+    try:
+        main(*args)
+    finally:
+        os._exit(SETUP_FAILED + 2)
 
 
 def describe(e, type_=type, str_=str, base_exc=BaseException):
@@ -118,31 +153,9 @@ def program_process(chan, safe_builtins, program, mode, planned, complete):
     Nothing here is trusted: the program can replace any of it. It is written so that an honest program is
     judged correctly; a dishonest one can at most send wrong values or break the channel (a failure or a crash).
     """
-    import builtins
-    import types
-
-    send, exit_, plain, class_ids = wire.send, os._exit, wire.PLAIN, wire.CLASS_IDS
-    channel = wire.Channel(chan)
+    exit_, plain, class_ids, new_channel = os._exit, wire.PLAIN, wire.CLASS_IDS, wire.Channel
+    reply, call = _reply, _call
     handles = {}
-
-    def reply(message):
-        """Send one message; returns how many handles it made (0 when the message held plain data only)."""
-        try:
-            return send(chan, message, wire.ProgramPickler, handles).made
-        except OSError:
-            exit_(SETUP_FAILED + 1)
-        except BaseException as e:  # an unpicklable or too deep value
-            send(chan, ("raise", type(e).__name__, str(e)[:MSG_CHARS]), wire.ProgramPickler, handles)
-            return 0
-
-    def call(fn, args, kwargs):
-        try:
-            result = fn(*args, **kwargs)
-            changed = {i: a for i, a in enumerate(args) if type(a) in (list, dict, set, bytearray)}
-            return ("ok", result, changed)
-        except BaseException as e:
-            return ("raise", type(e).__name__, (str(e) + _program_line(e))[:MSG_CHARS])
-
     ns, ran = {}, (True, "")
     try:
         code = compile(program, "<program>", "exec", dont_inherit=True, optimize=0)
@@ -153,10 +166,15 @@ def program_process(chan, safe_builtins, program, mode, planned, complete):
             exec(code, ns)
     except BaseException as e:
         ran = (False, describe(e) + _program_line(e))
-    names = {k: v for k, v in ns.items() if not k.startswith("__") and k not in safe_builtins
-             and not isinstance(v, types.ModuleType)}
-    modules = {k: v.__name__ for k, v in ns.items() if isinstance(v, types.ModuleType) and not k.startswith("__")}
-    reply(("ran", ran[0], ran[1], names if ran[0] else {}, modules if ran[0] else {}))
+    names, modules, module_type = {}, {}, types.ModuleType  # one plain loop: no comprehension to build here
+    for k, v in ns.items():
+        if k.startswith("__"):
+            continue
+        if isinstance(v, module_type):
+            modules[k] = v.__name__
+        elif k not in safe_builtins:
+            names[k] = v
+    reply(chan, handles, ("ran", ran[0], ran[1], names if ran[0] else {}, modules if ran[0] else {}))
     # The planned calls (prmlab.sandbox.plan), in order, one message each, without waiting for the runner: stop (with
     # a "stop" message) at a name that is not a function here, or after a result that holds a handle (the runner
     # may use it before the next call).
@@ -164,16 +182,17 @@ def program_process(chan, safe_builtins, program, mode, planned, complete):
     for k, (name, args, kwargs) in enumerate(planned if ran[0] else ()):
         fn = names.get(name)
         if fn is None or type(fn) in plain or id(fn) in class_ids:
-            reply(("stop",))
+            reply(chan, handles, ("stop",))
             plain_answers = False
             break
-        if reply(call(fn, args, kwargs)):
+        if reply(chan, handles, call(fn, args, kwargs)):
             plain_answers = False
             if k + 1 < len(planned):
-                reply(("stop",))
+                reply(chan, handles, ("stop",))
             break
     if complete and plain_answers:
         exit_(0)  # nothing more will be asked: the runner judges from the answers it has
+    channel = new_channel(chan)  # only now: most programs' processes never read a request (a copied page less)
     ops = {"getattr": getattr, "list": list, "len": len, "getitem": lambda o, key: o[key]}
     while True:
         try:
@@ -187,7 +206,29 @@ def program_process(chan, safe_builtins, program, mode, planned, complete):
             answer = call(obj, *message[2:]) if message[0] == "call" else ("ok", ops[message[0]](obj, *message[2:]), {})
         except BaseException as e:
             answer = ("raise", type(e).__name__, (str(e) + _program_line(e))[:MSG_CHARS])
-        reply(answer)
+        reply(chan, handles, answer)
+
+
+def _reply(chan, handles, message, send=wire.send, pickler=wire.ProgramPickler, exit_=os._exit):
+    """The program's process sends one message; returns how many handles it made (0 when the message held plain
+    data only). Module-level with its helpers bound here, so that each process creates no closure."""
+    try:
+        return send(chan, message, pickler, handles).made
+    except OSError:
+        exit_(SETUP_FAILED + 1)
+    except BaseException as e:  # an unpicklable or too deep value
+        send(chan, ("raise", type(e).__name__, str(e)[:MSG_CHARS]), pickler, handles)
+        return 0
+
+
+def _call(fn, args, kwargs):
+    """One call into the program, as the message that answers it."""
+    try:
+        result = fn(*args, **kwargs)
+        changed = {i: a for i, a in enumerate(args) if type(a) in (list, dict, set, bytearray)}
+        return ("ok", result, changed)
+    except BaseException as e:
+        return ("raise", type(e).__name__, (str(e) + _program_line(e))[:MSG_CHARS])
 
 
 # --------------------------------------------------------------------------------------------- the test runner

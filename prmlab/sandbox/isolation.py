@@ -164,22 +164,33 @@ def _landlock_allow(libc, ruleset, path, rights):
 
 
 # -------------------------------------------------------------------------------------------- per process
-def drop_capabilities(libc):
-    """Clear every capability of this process (in a user namespace the worker holds all of them there). True on
-    success; with a non-zero uid, ``execve`` cannot give them back, and NO_NEW_PRIVS blocks setuid and file caps."""
-    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
-    data = (ctypes.c_uint32 * 6)()
-    return libc is not None and libc.capset(ctypes.byref(header), ctypes.byref(data)) == 0
+def confinement(libc, ruleset, userns):
+    """The system calls that confine one process, prepared once by the worker: ``((function, args, what), ...)``
+    that drop every capability (in a user namespace the worker holds all of them there; with a non-zero uid,
+    ``execve`` cannot give them back, and NO_NEW_PRIVS blocks setuid and file caps) and enter a new Landlock domain.
+    Each forked process applies them with :func:`confine`; building the ``ctypes`` arguments there would cost it
+    copied pages."""
+    calls = []
+    if userns:
+        header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
+        data = (ctypes.c_uint32 * 6)()  # no capability in any set
+        capset = libc.capset if libc is not None else _unavailable
+        calls.append((capset, (ctypes.byref(header), ctypes.byref(data)), "capset failed"))
+    if ruleset is not None:
+        calls.append((libc.syscall, (SYS_LANDLOCK_RESTRICT, ruleset, 0), "landlock_restrict_self failed"))
+    return tuple(calls)
 
 
-def confine(libc, ruleset, userns):
-    """Apply the per-process protections the worker prepared: drop capabilities (user namespace) and enter a new
-    Landlock domain. Raises OSError when a prepared protection cannot be applied (the child then reports a setup
-    failure rather than run unprotected)."""
-    if userns and not drop_capabilities(libc):
-        raise OSError(ctypes.get_errno(), "capset failed")
-    if ruleset is not None and libc.syscall(SYS_LANDLOCK_RESTRICT, ruleset, 0) != 0:
-        raise OSError(ctypes.get_errno(), "landlock_restrict_self failed")
+def _unavailable(*args):
+    return -1
+
+
+def confine(calls, get_errno=ctypes.get_errno):
+    """Apply the per-process protections the worker prepared (:func:`confinement`). Raises OSError when one cannot
+    be applied (the process then reports a setup failure rather than run unprotected)."""
+    for call, args, what in calls:
+        if call(*args) != 0:
+            raise OSError(get_errno(), what)
 
 
 def protection_flags(ns, abi, ruleset, as_root, uid_isolation):

@@ -95,8 +95,13 @@ def unavailable(reason: str) -> Protections:
 
 
 def worker_env() -> dict[str, str]:
-    """The minimal environment of a worker (none of the caller's variables but the sandbox's own)."""
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+    """The minimal environment of a worker (none of the caller's variables but the sandbox's own).
+
+    ``LD_BIND_NOW``: the dynamic loader resolves every symbol when the worker starts, not at a function's first
+    call; otherwise each program's process resolves (and so copies the pages of) every C function the worker had
+    not called yet, about 14 page faults per program. The worker removes it from its environment before any
+    program runs (it clears ``os.environ``), so programs and what they start never see it."""
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LD_BIND_NOW": "1"}
     for name in ("PRMLAB_SANDBOX_TMP", "PRMLAB_SANDBOX_DISABLE"):
         if os.environ.get(name):
             env[name] = os.environ[name]

@@ -91,10 +91,15 @@ class Worker:
         harness._prctl(self.libc, PR_SET_NO_NEW_PRIVS, 1)  # inherited: setuid binaries cannot raise privileges
         self.abi = isolation.landlock_abi(self.libc)
         writable = [self.base] + (list(isolation.PRIVATE_TMP) if self.ns.get("private_tmp") else [])
-        self.ruleset = isolation.landlock_ruleset(self.libc, self.abi, writable)
+        self.ruleset = _high(isolation.landlock_ruleset(self.libc, self.abi, writable))
         self.protections = isolation.protection_flags(self.ns, self.abi, self.ruleset, self.as_root,
                                                       self.creds is not None)
-        self.counter, self.previous, self.runner, self.plans = 0, None, None, {}
+        self.counter, self.previous, self.runner, self.plans, self.limits = 0, None, None, {}, {}
+        self.null = _high(os.open(os.devnull, os.O_RDONLY))  # each forked process's stdin
+        calls = isolation.confinement(self.libc, self.ruleset, self.ns.get("user_namespace"))
+        prctl = self.libc.prctl if self.libc is not None else None
+        self.confinement = (self.creds, calls, prctl, self.null)
+        """The arguments of :func:`harness.setup_process` that are the same for every process (built once)."""
         import builtins
 
         self.safe_builtins = dict(builtins.__dict__)  # what tests see as builtins
@@ -190,10 +195,10 @@ class Worker:
         except OSError:
             pass
         null = os.open(os.devnull, os.O_WRONLY)
+        setup = (harness.rlimits(dict(lim, cpu_time_s=RUNNER_CPU_S)), self.base, null, (ver_w, ctrl_t.fileno()))
         pid = os.fork()
         if pid == 0:
-            self._child((dict(lim, cpu_time_s=RUNNER_CPU_S), self.base, null), [ver_w, ctrl_t.fileno()],
-                        lambda: harness.runner_loop(4, 3, self.safe_builtins), runner=True)
+            harness.forked(setup + self.confinement, harness.runner_loop, (4, 3, self.safe_builtins), runner=True)
         for fd in (ver_w, null):
             os.close(fd)
         ctrl_t.close()
@@ -237,11 +242,12 @@ class Worker:
         out_r, out_w = os.pipe()
         chan_p, chan_t = (s.detach() for s in socket.socketpair())
         lim, t0 = header["limits"], time.monotonic()
-        planned = self._planned(header.get("plan"))
+        setup = (self._rlimits(lim), workdir, out_w, (chan_p,)) + self.confinement  # all built before the fork
+        args = (3, self.safe_builtins, header["program"], header["mode"], self._planned(header.get("plan")),
+                header.get("complete", False))
         pid_p = os.fork()
         if pid_p == 0:
-            self._child((lim, workdir, out_w), [chan_p], lambda: harness.program_process(
-                3, self.safe_builtins, header["program"], header["mode"], planned, header.get("complete", False)))
+            harness.forked(setup, harness.program_process, args)
         for fd in (chan_p, out_w):
             os.close(fd)
         body = reader.read(header["body_len"])  # only now: the program's process never held the tests
@@ -285,6 +291,14 @@ class Worker:
         self.plans[text] = hit
         return hit
 
+    def _rlimits(self, lim):
+        """The rlimits of these limits, computed once (:func:`harness.rlimits`)."""
+        key = (lim["cpu_time_s"], lim["memory_mb"], lim["max_file_mb"], lim["nproc"])
+        hit = self.limits.get(key)
+        if hit is None:
+            hit = self.limits[key] = harness.rlimits(lim)
+        return hit
+
     def _survivors(self):
         """Reap finished children; True when a process other than the runner is still alive."""
         self._reap()
@@ -299,20 +313,6 @@ class Worker:
         except OSError:  # no CONFIG_PROC_CHILDREN: assume the worst, the runner is replaced
             self._stop_runner(kill=True)
             return self._reap()
-
-    def _child(self, setup, keep, main, runner=False):
-        """In a forked process: set up (exit 71 on failure), then run ``main`` (never returns)."""
-        try:
-            harness.setup_process(*setup, keep, self.creds, self.libc, self.ruleset, self.ns.get("user_namespace"))
-            if runner:
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
-                harness._prctl(self.libc, harness.PR_SET_DUMPABLE, 0)  # no ptrace, no /proc/<pid>/fd or mem
-        except BaseException:
-            os._exit(harness.SETUP_FAILED)
-        try:
-            main()
-        finally:
-            os._exit(harness.SETUP_FAILED + 2)
 
     def _wait(self, pid_p, runner, out_r, lim, t0):
         """Wait until the program's process has exited, then until the runner has ended this job's report (one
@@ -389,6 +389,16 @@ class Worker:
         if self.tmpfs:
             self.libc.umount2(self.base.encode(), 2)  # MNT_DETACH
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+def _high(fd):
+    """``fd`` moved to 64 or above (None stays None): a forked process then moves its own descriptors to 3, 4, ...
+    without a check."""
+    if fd is None:
+        return None
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64)
+    os.close(fd)
+    return high
 
 
 def _kill_group(pid):
