@@ -122,7 +122,9 @@ def test_cache_key_covers_program_tests_and_limits():
 
 def test_harness_errors_are_reported_and_never_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("PRMLAB_SANDBOX_TMP", str(tmp_path / "does-not-exist"))
-    with Sandbox(dataclasses.replace(CFG, workers=1), cache_dir=tmp_path / "cache") as sb:
+    # The warning names the cause the probe worker gave (it was "IndexError: list index out of range").
+    with pytest.warns(UserWarning, match="without its report: FileNotFoundError.*does-not-exist"), \
+            Sandbox(dataclasses.replace(CFG, workers=1), cache_dir=tmp_path / "cache") as sb:
         r = sb.run(GOOD, TASK)
         assert r.status == "error" and "failed to start" in r.message
         assert sb.run(GOOD, TASK).status == "error"

@@ -117,9 +117,16 @@ def protections(refresh: bool = False) -> Protections:
     try:
         out = subprocess.run([sys.executable, "-I", "-S", "-B", str(WORKER_PATH), "--probe"], capture_output=True,
                              env=worker_env(), timeout=60, cwd="/", stdin=subprocess.DEVNULL, check=False)
-        hello = json.loads(out.stdout.decode().splitlines()[0])
-    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError) as e:
+    except (OSError, subprocess.TimeoutExpired) as e:
         return unavailable(f"{type(e).__name__}: {e}"[:200])
+    first = out.stdout.decode(errors="replace").splitlines()[:1]
+    try:
+        hello = json.loads(first[0]) if first else None
+    except ValueError:
+        hello = None
+    if not isinstance(hello, dict) or "protections" not in hello:
+        said = (out.stderr.decode(errors="replace").strip().splitlines() or first or ["nothing"])[-1]
+        return unavailable(f"the probe worker exited with status {out.returncode} without its report: {said}"[:300])
     _remove_base(hello)
     check_code(hello)
     result = from_flags(hello["protections"])
