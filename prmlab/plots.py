@@ -326,8 +326,10 @@ def plot_best_of_k(curves: Mapping[str, Sequence[Mapping[str, float]]], ax=None)
     return fig
 
 
-def save_study_figures(out: Any, rows: Sequence[Any], curves: Mapping[str, Any], best_of_k: Mapping[str, Any]) -> list:
-    """The study's figures as PNGs in ``out``; returns their paths."""
+def save_study_figures(out: Any, rows: Sequence[Any], curves: Mapping[str, Any], best_of_k: Mapping[str, Any],
+                       best_of_k_from: str = "") -> list:
+    """The study's figures as PNGs in ``out``; returns their paths. ``best_of_k_from`` (which samples the best-of-K
+    curves come from) titles that figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -341,7 +343,10 @@ def save_study_figures(out: Any, rows: Sequence[Any], curves: Mapping[str, Any],
                ("rl_pass_rate", plot_rl_curves(curves, "pass_rate")),
                ("rl_return", plot_rl_curves(curves, "return_total"))]
     if any(c for cs in best_of_k.values() for c in cs):
-        figures.append(("best_of_k", plot_best_of_k(best_of_k)))
+        fig = plot_best_of_k(best_of_k)
+        if best_of_k_from:
+            fig.axes[0].set_title(f"held-out best-of-K, mean over seeds; from {best_of_k_from}", fontsize=8)
+        figures.append(("best_of_k", fig))
     for name, fig in figures:
         fig.savefig(out / f"{name}.png", dpi=120, bbox_inches="tight")
         plt.close(fig)

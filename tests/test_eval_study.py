@@ -59,3 +59,19 @@ def test_study_figures(tmp_path):
     made = save_study_figures(tmp_path, rows, curves, {"sparse": [{"1": 0.2, "2": 0.3}]})
     assert {p.name for p in made} == {"pass_at_1.png", "pass_by_length.png", "rl_pass_rate.png", "rl_return.png",
                                       "best_of_k.png"}
+
+
+def test_study_curve_is_pass_at_k_from_the_pass1_samples_by_hand():
+    """Tasks a (3 samples, 1 passes) and b (3 samples, none): pass@1 = (1/3 + 0)/2, pass@2 = (1 - C(2,2)/C(3,2))/2
+    = (2/3)/2, pass@3 = (1 + 0)/2; an evaluation that drew its own best-of-K samples is used as it is."""
+    from prmlab.evaluation.study import curve_source, study_curve
+
+    r = EvalResult("rl/sparse", 2, 3, 0.2, 1 / 6, (0.0, 0.5), {}, {}, {}, {},
+                   per_task={"a": {"n": 3, "c": 1}, "b": {"n": 3, "c": 0}})
+    curve = study_curve(r)
+    assert list(curve) == ["1", "2", "3"]
+    assert curve["1"] == pytest.approx(1 / 6) and curve["2"] == pytest.approx(1 / 3) and curve["3"] == pytest.approx(0.5)
+    assert curve_source(r) == "the 3 pass@1 samples per task at T=0.2"
+    own = EvalResult("rl/sparse", 2, 3, 0.2, 1 / 6, (0.0, 0.5), {}, {}, {}, {}, best_of_k={"1": 0.1, "30": 0.4},
+                     config={"bok_temperature": 1.0})
+    assert study_curve(own) == {"1": 0.1, "30": 0.4} and curve_source(own) == "best-of-K samples at T=1"

@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 
 from prmlab.config import Config, preset
-from prmlab.evaluation.passk import (bootstrap_over_seeds_and_tasks, line_bucket_names, line_buckets,
-                                     paired_comparison)
+from prmlab.evaluation.passk import (best_of_k_curve, bootstrap_over_seeds_and_tasks, line_bucket_names,
+                                     line_buckets, paired_comparison)
 from prmlab.evaluation.stage import EvalResult, run_eval
 
 CONFIGURATIONS: tuple[str, ...] = ("sparse", "value-init", "dense", "dense+value-init", "partial-credit")
@@ -207,10 +207,29 @@ def write_outputs(out_dir: Path, rows: Sequence[Row], by_config: dict[str, list[
     (out_dir / "table.md").write_text(markdown_table(rows), encoding="utf-8")
     write_csv(rows, out_dir / "table.csv")
     summary: dict[str, Any] = {"seeds": list(seeds), "rows": [dataclasses.asdict(r) for r in rows],
-                               "best_of_k": {c: [r.best_of_k for r in rs] for c, rs in by_config.items()}}
+                               "best_of_k": {c: [study_curve(r) for r in rs] for c, rs in by_config.items()},
+                               "best_of_k_from": {c: sorted({curve_source(r) for r in rs}) for c, rs in by_config.items()}}
     (out_dir / "study.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     curves = {c: [_metrics(out_dir / f"seed-{s}" / "rl" / c) for s in seeds] for c in configurations}
-    plots.save_study_figures(out_dir / "figures", rows, curves, summary["best_of_k"])
+    sources = sorted({x for xs in summary["best_of_k_from"].values() for x in xs})
+    plots.save_study_figures(out_dir / "figures", rows, curves, summary["best_of_k"], "; ".join(sources))
+
+
+def study_curve(r: EvalResult) -> dict[str, float]:
+    """A configuration's best-of-K curve for one seed: the evaluation's own best-of-K samples when it drew them
+    (``EvalConfig.best_of_k``, up to K = 30 at ``bok_temperature``), else pass@k from its pass@1 samples (K up to
+    ``n_samples``, 10 at T = 0.2 by default; :func:`best_of_k_curve`, the unbiased estimator averaged over tasks)."""
+    if r.best_of_k:
+        return r.best_of_k
+    counts = list(r.per_task.values())
+    return {str(k): v for k, v in best_of_k_curve([d["n"] for d in counts], [d["c"] for d in counts]).items()}
+
+
+def curve_source(r: EvalResult) -> str:
+    """Which samples :func:`study_curve` used, for the figure's reader."""
+    if r.best_of_k:
+        return f"best-of-K samples at T={r.config.get('bok_temperature', 1.0):g}"
+    return f"the {r.n_samples} pass@1 samples per task at T={r.temperature:g}"
 
 
 def _metrics(run: Path) -> list[dict[str, Any]]:
