@@ -226,7 +226,7 @@ context {train_cfg['max_positions']}) with a byte-level BPE tokenizer, trained f
 
 ## Measured pass@1 (eval split, one sample per task, temperature {result['temperature']}, top-p {result['top_p']})
 Executed with `{result['executor']}`; {result['n_per_length']} tasks per length, eval seed {result['seed']}.
-A second evaluation with the same seed gave {same} numbers.
+{'A second evaluation with the same seed was not run (--repeat-eval).' if repeat is None else f'A second evaluation with the same seed gave {same} numbers.'}
 
 {_table(result)}
 
