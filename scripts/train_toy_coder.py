@@ -23,6 +23,8 @@ from prmlab.tasks.toy_corpus import ToyCorpusConfig  # noqa: E402
 from prmlab.toycoder.train import ToyCoderConfig, train_toy_coder  # noqa: E402
 from prmlab.toycoder.evaluate import evaluate_toy_coder, render_card, save_eval  # noqa: E402
 
+ARCHITECTURE = ("hidden_size", "layers", "heads", "intermediate_size")
+"""ToyCoderConfig fields that the command line sets for a model trained from scratch."""
 STAGE1_DIR = "/tmp/toy-coder-stage1"
 """Where the card's regenerating commands put the first stage of a two-stage training (the second's --init-from)."""
 
@@ -38,6 +40,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    p.add_argument("--hidden-size", type=int, default=d.hidden_size, help="model width (from scratch only)")
+    p.add_argument("--layers", type=int, default=d.layers, help="decoder layers (from scratch only)")
+    p.add_argument("--heads", type=int, default=d.heads, help="attention heads (from scratch only)")
+    p.add_argument("--intermediate-size", type=int, default=d.intermediate_size, help="SwiGLU width (from scratch only)")
     p.add_argument("--init-from", default="", help="continue from this trained toy-coder (second stage)")
     p.add_argument("--eval-only", action="store_true", help="skip training; evaluate the model in --out")
     p.add_argument("--no-eval", action="store_true", help="train only")
@@ -56,6 +62,10 @@ def train_command(out: Path, t: dict, init_from: str | None = None) -> str:
     cmd = (f".venv/bin/python scripts/train_toy_coder.py --out {shlex.quote(str(out))} --n-samples "
            f"{t['corpus']['n_samples']} --data-seed {t['corpus']['seed']} --seed {t['seed']} --epochs {t['epochs']} "
            f"--lr {t['lr']} --warmup-steps {t['warmup_steps']} --threads {t['threads']}")
+    d = ToyCoderConfig()
+    for key in ARCHITECTURE:
+        if not t.get("init_from") and t.get(key, getattr(d, key)) != getattr(d, key):
+            cmd += f" --{key.replace('_', '-')} {t[key]}"
     src = (init_from or t["init_from"]) if t.get("init_from") else ""
     return cmd + (f" --init-from {shlex.quote(src)}" if src else "")
 
@@ -77,7 +87,8 @@ def main(argv=None) -> None:
     if not args.eval_only:
         cfg = ToyCoderConfig(corpus=ToyCorpusConfig(n_samples=args.n_samples, seed=args.data_seed), seed=args.seed,
                              epochs=args.epochs, lr=args.lr, threads=args.threads, warmup_steps=args.warmup_steps,
-                             init_from=args.init_from)
+                             init_from=args.init_from, hidden_size=args.hidden_size, layers=args.layers,
+                             heads=args.heads, intermediate_size=args.intermediate_size)
         result = train_toy_coder(cfg, out)
         print(json.dumps({k: v for k, v in result.metrics.items() if k != "losses"}, indent=2))
     if args.no_eval:

@@ -205,3 +205,33 @@ def test_acceptance_criteria():
     res = acceptance(bad)
     assert not res["falling steadily with length"] and not res["comment and no-op lines in a small fraction (0-10%)"]
     assert res["pass@1 >= 50% on 2-3 lines"]
+
+
+def test_second_stage_records_the_continued_architecture(tiny_run, tmp_path):
+    """A second stage keeps the first's architecture, and its train_config.json says so (not the defaults)."""
+    cfg = ToyCoderConfig(corpus=ToyCorpusConfig(n_samples=8, seed=2), init_from=str(tiny_run.out_dir), threads=1,
+                         batch_size=8, warmup_steps=1, log_every=1)
+    train_toy_coder(cfg, tmp_path, progress=False)
+    saved = json.loads((tmp_path / "train_config.json").read_text())
+    assert (saved["hidden_size"], saved["layers"], saved["heads"], saved["intermediate_size"]) == (32, 1, 2, 64)
+
+
+def test_train_command_repeats_a_non_default_architecture():
+    import sys
+
+    sys.path.insert(0, str(SHIPPED.parent.parent / "scripts"))
+    try:
+        from train_toy_coder import parse_args, train_command
+    finally:
+        sys.path.pop(0)
+    argv = ["--n-samples", "900", "--hidden-size", "384", "--layers", "6", "--heads", "6", "--intermediate-size",
+            "1024"]
+    args = parse_args(argv)
+    t = ToyCoderConfig(corpus=ToyCorpusConfig(n_samples=900), hidden_size=args.hidden_size, layers=args.layers,
+                       heads=args.heads, intermediate_size=args.intermediate_size).to_dict()
+    cmd = train_command(Path("/tmp/x"), t)
+    assert cmd.endswith("--hidden-size 384 --layers 6 --heads 6 --intermediate-size 1024")
+    again = parse_args(cmd.split()[2:])  # the recorded command parses back to the same architecture
+    assert (again.hidden_size, again.layers, again.heads, again.intermediate_size) == (384, 6, 6, 1024)
+    default = train_command(Path("/tmp/x"), ToyCoderConfig().to_dict())
+    assert "--hidden-size" not in default and "--layers" not in default

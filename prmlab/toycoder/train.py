@@ -244,6 +244,10 @@ def train_toy_coder(cfg: ToyCoderConfig, out_dir: str | Path, progress: bool = T
     t0 = time.time()
     samples = corpus_samples(cfg.corpus)
     model, tok, earlier = _start(cfg, samples)
+    if cfg.init_from:  # the continued model's architecture, not the defaults, goes into train_config.json
+        c = model.config
+        cfg = dataclasses.replace(cfg, hidden_size=c.hidden_size, layers=c.num_hidden_layers,
+                                  heads=c.num_attention_heads, intermediate_size=c.intermediate_size)
     encoded = encode_samples(samples, tok, cfg.max_positions)
     batches = make_batches([len(ids) for ids, _ in encoded], cfg.batch_size, cfg.seed)
     t1 = time.time()
