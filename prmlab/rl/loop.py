@@ -211,7 +211,7 @@ def pass_by_length(tasks: Sequence[Task], passed: Sequence[bool]) -> dict[str, f
 BACKWARD_BUDGET = 8_000_000
 """Largest ``rows x T x layers x hidden`` of one backward pass (what the saved activations grow with); a minibatch
 above it is split into micro-batches whose gradients add up to the minibatch's (:func:`micro_batch_rows`). The
-toy-coder (4 layers x 256, context 512) never reaches it: 8 x 512 x 1024 = 4.2M. SmolLM2-135M (30 x 576) keeps one
+toy-coder (6 layers x 256, context 512) never reaches it: 8 x 512 x 1536 = 6.3M. SmolLM2-135M (30 x 576) keeps one
 row per pass at 600 tokens (10.4M): about 1.3 GB of activations instead of 11 GB for a minibatch of 8."""
 
 
