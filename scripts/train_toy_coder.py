@@ -1,6 +1,8 @@
 """Train the toy-coder and ship it to data/toy-coder (weights, tokenizer, loss curve, metrics, eval, card).
 
-    .venv/bin/python scripts/train_toy_coder.py                      # train + evaluate + card (about 30-40 min)
+    .venv/bin/python scripts/train_toy_coder.py                      # train + evaluate + card with the defaults
+    # (the defaults are a smaller 4-layer recipe; the shipped model's exact command, about 55 min on 2 cores, is the
+    # "regenerate" line of data/toy-coder/README.md)
     .venv/bin/python scripts/train_toy_coder.py --eval-only          # re-evaluate the shipped model, rewrite card
     .venv/bin/python scripts/train_toy_coder.py --n-samples 2000 --out /tmp/tc --n-per-length 20   # quick trial
 
