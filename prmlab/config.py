@@ -80,9 +80,13 @@ class ModelConfig:
     cache_dir: str = ""
     """Where converted offline models are cached; empty means ``~/.cache/prmlab``. [I]"""
     num_threads: int = 0
-    """torch CPU threads, set when the model is loaded (process-wide); 0 leaves torch's default (one per core).
-    Small models lose to thread hand-offs: on a busy 2-core machine one thread sampled 32 toy-coder responses in
-    3.5 s, two threads in 21-55 s. [I]"""
+    """torch CPU threads, set when the model is loaded (process-wide; never more than the cores this process may
+    use); 0 leaves torch's default (one per core). The tiny preset uses 2: on 2 idle cores the main command took
+    25.5 min against 48.0 with one thread. Threads that share cores with other jobs wait for each other: with one
+    busy loop beside it, a PPO stage on 2 cores took 3.7x as long with two threads as with one
+    (bench/bench_threads.py; loading the model warns when other processes keep the cores busy). The thread count
+    moves results in the last bits (README.md), so it is part of the config; the same count gives the same
+    numbers. [I]"""
 
     def __post_init__(self) -> None:
         c = "ModelConfig"
@@ -458,7 +462,7 @@ def preset(name: str, seed: int = 0) -> Config:
     if name == "tiny":
         return Config(
             name="tiny", seed=seed,
-            model=ModelConfig(name_or_path="toy-coder", track="completion", num_threads=1),
+            model=ModelConfig(name_or_path="toy-coder", track="completion", num_threads=2),
             tasks=TaskConfig(source="toy", n_train=200, n_eval=200, seed=seed),
             sampling=SamplingConfig(n_samples=4, temperature=1.0, max_new_tokens=160, batch_size=64, seed=seed),
             labels=LabelConfig(k=8, seed=seed),

@@ -22,6 +22,7 @@ import importlib.util
 import logging
 import os
 import shutil
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -173,12 +174,60 @@ def _quiet_loading() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def cpu_threads(wanted: int, cores: int | None = None) -> int:
+    """``min(wanted, cores)``: torch threads beyond the cores this process may run on only wait for each other
+    (``cores`` defaults to ``len(os.sched_getaffinity(0))``, which honours taskset and container CPU sets)."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(wanted, cores))
+
+
+def other_cpu_load(window_s: float = 0.3) -> float | None:
+    """Cores kept busy by *other* processes over the next ``window_s`` seconds (Linux: all CPU time in
+    ``/proc/stat`` less this process's own in ``/proc/self/stat``); None where /proc is unavailable. Unlike the
+    load average it does not count this process's own recent work (a stage that just ran on two threads)."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat", encoding="ascii") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        with open("/proc/self/stat", encoding="ascii") as f:
+            own = f.read().rsplit(")", 1)[1].split()
+        return v[0] + v[1] + v[2] + v[5] + v[6] + v[7], int(own[11]) + int(own[12])  # user nice system irq softirq steal
+
+    try:
+        (all0, own0), t0 = sample(), time.monotonic()
+        time.sleep(window_s)
+        (all1, own1), t1 = sample(), time.monotonic()
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0.0, ((all1 - all0) - (own1 - own0)) / os.sysconf("SC_CLK_TCK") / (t1 - t0))
+
+
+def busy_cores_warning(threads: int, cores: int, load: float) -> str | None:
+    """A warning when ``threads`` torch threads (``threads`` > 1) will share the ``cores`` with other work (other
+    processes keep ``load`` cores busy, leaving fewer than ``threads`` idle), else None. Each matrix product then
+    waits for its slowest thread, and a thread waiting for a core holds up every product: with one busy loop beside
+    it, a 2-thread PPO stage on 2 cores ran several times slower than one thread (bench/bench_threads.py --load 1)."""
+    idle = cores - load
+    if threads <= 1 or idle >= threads - 0.5:
+        return None
+    return (f"torch will run {threads} threads, but other processes keep {load:.1f} of the {cores} cores busy: "
+            f"threads that wait for a core can make the model several times slower than one thread. "
+            f"If other jobs keep running, pass --set model.num_threads=1 (numbers then differ from a "
+            f"{threads}-thread run in the last bits, see ModelConfig.num_threads).")
+
+
 def load_base_model(cfg: ModelConfig):
     """The base causal LM of ``cfg`` in eval mode (4-bit linear layers when ``cfg.load_in_4bit``)."""
     from transformers import AutoModelForCausalLM
 
     if cfg.num_threads and cfg.device == "cpu":
-        torch.set_num_threads(cfg.num_threads)  # process-wide: see ModelConfig.num_threads
+        threads = cpu_threads(cfg.num_threads)
+        torch.set_num_threads(threads)  # process-wide: see ModelConfig.num_threads
+        load = other_cpu_load() if threads > 1 else None
+        busy = busy_cores_warning(threads, cpu_threads(1 << 16), load) if load is not None else None
+        if busy:
+            warnings.warn(busy, stacklevel=2)
     path = resolve_model_path(cfg)
     kwargs = dict(dtype=getattr(torch, cfg.dtype), **_pretrained_kwargs(path))
     qcfg = quantization_config(cfg)

@@ -1,5 +1,6 @@
 """Model loading, 4-bit, named adapters, and the reference policy, on tiny models built in code."""
 
+import os
 import copy
 
 import pytest
@@ -187,3 +188,39 @@ def test_one_loaded_base_serves_every_stage_and_policy(tmp_path):
     assert not torch.allclose(tuned, plain)
     with policy_model(base, cfg, None) as pm, torch.no_grad():  # 'base' after a policy: adapters off
         assert torch.allclose(pm(input_ids=ids, attention_mask=mask).logits, plain, atol=1e-6)
+
+
+def test_cpu_threads_never_exceed_the_usable_cores():
+    from prmlab.models import cpu_threads
+
+    assert cpu_threads(2, cores=1) == 1
+    assert cpu_threads(2, cores=16) == 2
+    assert cpu_threads(8, cores=4) == 4
+    assert cpu_threads(2) == min(2, len(os.sched_getaffinity(0)))
+
+
+def test_busy_cores_warning_only_when_threads_would_wait():
+    from prmlab.models import busy_cores_warning
+
+    assert busy_cores_warning(1, 2, 5.0) is None  # one thread never waits for another
+    assert busy_cores_warning(2, 2, 0.3) is None  # idle: 1.7 cores free
+    assert busy_cores_warning(2, 8, 4.0) is None  # 4 cores free
+    msg = busy_cores_warning(2, 2, 1.0)  # one core taken by another job
+    assert msg is not None and "keep 1.0 of the 2 cores busy" in msg and "num_threads=1" in msg
+
+
+def test_other_cpu_load_sees_a_busy_loop_in_another_process():
+    import subprocess
+    import sys
+
+    from prmlab.models import other_cpu_load
+
+    quiet = other_cpu_load(0.5)
+    assert quiet is not None and quiet >= 0.0
+    loop = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        busy = other_cpu_load(1.0)
+    finally:
+        loop.kill()
+        loop.wait()
+    assert busy is not None and busy > quiet + 0.5  # the loop keeps about one core busy

@@ -58,7 +58,7 @@ from prmlab.sandbox.plan import encode, plan_job
 from prmlab.sandbox.jobs import (HARNESS_VERSION, ResultCache, SandboxStats, cache_key, cacheable, limits, make_job,
                                  require_allowed, to_result)
 from prmlab.sandbox.protections import (WORKER_PATH, Protections, announce, from_flags, protections,
-                                        strict_requested, worker_env)
+                                        log, strict_requested, worker_env, worker_python)
 from prmlab.sandbox.version import check_code
 
 WATCHDOG_GRACE_S = 30.0
@@ -76,7 +76,7 @@ class _Worker:
     """The parent's handle on one worker process (spawned with subprocess, never forked from the caller)."""
 
     def __init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-I", "-S", "-B", str(WORKER_PATH)], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([worker_python().path, "-I", "-S", "-B", str(WORKER_PATH)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=worker_env(),
                                      close_fds=True, start_new_session=True, cwd="/")
         self.buf = b""
@@ -141,7 +141,7 @@ class _Worker:
         self._remove_base()
         uid = (self.hello or {}).get("uid")
         if uid is not None:  # without a PID namespace its programs may outlive it; kill them from a fresh process
-            subprocess.run([sys.executable, "-I", "-S", "-B", str(WORKER_PATH), "--kill-uid", str(uid)],
+            subprocess.run([worker_python().path, "-I", "-S", "-B", str(WORKER_PATH), "--kill-uid", str(uid)],
                            timeout=30, check=False, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
 
     def _remove_base(self) -> None:
@@ -260,6 +260,7 @@ class Sandbox:
         self.protections: Protections = protections()
         """What is in force for this Sandbox's programs (see :meth:`provenance`)."""
         announce(self.protections, self.strict)
+        log.info("prmlab sandbox: workers run %s", worker_python().describe())
         self.cfg = cfg
         self.cache = ResultCache(cache_dir) if (cache_dir is not None and cfg.cache) else None
         self.stats = SandboxStats()
@@ -362,7 +363,8 @@ class Sandbox:
     def provenance(self) -> dict[str, Any]:
         """What to record with a run: harness version, limits, strict mode and the protections in force."""
         return {"harness_version": HARNESS_VERSION, "limits": limits(self.cfg), "strict": self.strict,
-                "protections": self.protections.as_dict(), "summary": self.protections.line()}
+                "protections": self.protections.as_dict(), "summary": self.protections.line(),
+                "interpreter": worker_python().describe()}
 
     def close(self) -> None:
         """Stop the workers (each removes its temporary directories and kills what its programs left)."""

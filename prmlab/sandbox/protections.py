@@ -22,6 +22,11 @@ from prmlab.sandbox.version import check_code
 
 WORKER_PATH = Path(__file__).with_name("worker.py")
 STRICT_ENV = "PRMLAB_SANDBOX_STRICT"
+PYTHON_ENV = "PRMLAB_SANDBOX_PYTHON"
+"""Which interpreter runs the sandbox workers: a path, ``current`` (this process's), or unset (automatic, see
+:func:`worker_python`)."""
+SYSTEM_DIRS = ("/usr/bin", "/usr/local/bin")
+"""Where :func:`worker_python` looks for another build of this Python version."""
 log = logging.getLogger("prmlab.sandbox")
 _cache: dict[tuple, "Protections"] = {}
 
@@ -108,14 +113,105 @@ def worker_env() -> dict[str, str]:
     return env
 
 
+@dataclass(frozen=True)
+class Interpreter:
+    """What matters about a Python interpreter for running the sandbox workers."""
+
+    path: str
+    implementation: str
+    version: tuple[int, int, int]
+    shared: bool
+    """Runs from a shared ``libpython`` (one is mapped into the process; ``Py_ENABLE_SHARED`` says only that the
+    build made one: Debian's makes one, yet links ``/usr/bin/python3.11`` statically)."""
+    debug: bool
+
+    def describe(self) -> str:
+        return (f"{self.path} ({self.implementation} {'.'.join(map(str, self.version))}, "
+                f"{'shared libpython' if self.shared else 'static'}{', debug' if self.debug else ''})")
+
+
+def pick_interpreter(current: Interpreter, others: list[Interpreter]) -> Interpreter:
+    """The interpreter for the sandbox workers (pure): ``current`` unless it is linked against a shared
+    ``libpython`` and ``others`` hold a statically linked, non-debug build of the same implementation and the same
+    major.minor version (the first such).
+
+    Why: the workers only run the standard library (``python -I -S``: no site-packages), so any build of the same
+    version runs a program the same way, and most of a program's cost in the sandbox is the interpreter itself
+    (fork, copy-on-write faults, start-up of the program's process). A shared ``libpython`` (pyenv's and
+    python-build's default) calls through the PLT, is built without profile-guided optimisation unless asked, and
+    was about 18 % slower per forked program than Debian's static, PGO-built ``/usr/bin/python3.11`` on the same
+    machine (docs/safety.md, "Speed")."""
+    if not current.shared:
+        return current
+    for o in others:
+        if (o.implementation == current.implementation and o.version[:2] == current.version[:2] and not o.shared
+                and not o.debug):
+            return o
+    return current
+
+
+def _libpython_mapped() -> bool:
+    """Whether this process runs from a shared ``libpython`` (Linux: ``/proc/self/maps``)."""
+    with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+        return "/libpython" in f.read()
+
+
+_PROBE = ("import json, sys; print(json.dumps([sys.implementation.name, list(sys.version_info[:3]), "
+          "'/libpython' in open('/proc/self/maps').read(), hasattr(sys, 'gettotalrefcount')]))")
+
+
+def describe_interpreter(path: str) -> Interpreter | None:
+    """What ``path`` is (it runs briefly, isolated: ``-I -S``), or None if it cannot run."""
+    try:
+        out = subprocess.run([path, "-I", "-S", "-c", _PROBE], capture_output=True, timeout=30, cwd="/",
+                             stdin=subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, check=True)
+        impl, version, shared, debug = json.loads(out.stdout)
+    except (OSError, subprocess.SubprocessError, ValueError, TypeError):
+        return None
+    return Interpreter(os.path.realpath(path), impl, tuple(version), shared, debug)
+
+
+_python: dict[str, Interpreter] = {}
+
+
+def worker_python() -> Interpreter:
+    """The interpreter that runs the sandbox workers (once per process and :data:`PYTHON_ENV` value).
+
+    ``PRMLAB_SANDBOX_PYTHON`` unset: :func:`pick_interpreter` between this process's interpreter and the builds of
+    the same version in :data:`SYSTEM_DIRS`; ``current``: this process's; a path: that interpreter, which must be
+    the same implementation and major.minor version (programs must run as they would here)."""
+    choice = os.environ.get(PYTHON_ENV, "").strip()
+    if choice in _python:
+        return _python[choice]
+    current = Interpreter(sys.executable, sys.implementation.name, tuple(sys.version_info[:3]),
+                          _libpython_mapped(), hasattr(sys, "gettotalrefcount"))
+    if choice == "current":
+        picked = current
+    elif choice:
+        picked = describe_interpreter(choice)
+        if picked is None or (picked.implementation, picked.version[:2]) != (current.implementation,
+                                                                              current.version[:2]):
+            what = "does not run" if picked is None else f"is {picked.describe()}"
+            raise ValueError(f"{PYTHON_ENV}={choice} {what}; it must be {current.implementation} "
+                             f"{current.version[0]}.{current.version[1]} like this process (or unset the variable).")
+    else:
+        names = [Path(d, f"python{current.version[0]}.{current.version[1]}") for d in SYSTEM_DIRS]
+        found = [p for p in names if p.exists() and os.path.realpath(p) != os.path.realpath(sys.executable)]
+        others = [i for i in map(describe_interpreter, map(str, found)) if i is not None] if current.shared else []
+        picked = pick_interpreter(current, others)
+    _python[choice] = picked
+    return picked
+
+
 def protections(refresh: bool = False) -> Protections:
     """What a sandbox worker gets on this machine now: starts one probe worker (cached per process, uid and
     sandbox environment variables)."""
-    key = (os.geteuid(), tuple(sorted(worker_env().items())))
+    python = worker_python().path
+    key = (os.geteuid(), python, tuple(sorted(worker_env().items())))
     if key in _cache and not refresh:
         return _cache[key]
     try:
-        out = subprocess.run([sys.executable, "-I", "-S", "-B", str(WORKER_PATH), "--probe"], capture_output=True,
+        out = subprocess.run([python, "-I", "-S", "-B", str(WORKER_PATH), "--probe"], capture_output=True,
                              env=worker_env(), timeout=60, cwd="/", stdin=subprocess.DEVNULL, check=False)
     except (OSError, subprocess.TimeoutExpired) as e:
         return unavailable(f"{type(e).__name__}: {e}"[:200])

@@ -143,7 +143,7 @@ class SelfTestReport:
         return [r for r in self.rows if not r.ok]
 
     def __str__(self) -> str:
-        lines = [self.protections.get("summary", ""), ""]
+        lines = [self.protections.get("summary", ""), f"workers' interpreter: {self.protections.get('interpreter')}", ""]
         lines += [f"{'ok' if r.ok else 'FAIL':4} {r.category:13} {r.name:55} {r.status:9} {r.detail}"[:220]
                   for r in self.rows]
         lines.append(f"\n{sum(r.ok for r in self.rows)}/{len(self.rows)} scenarios as expected")
