@@ -182,34 +182,42 @@ def cpu_threads(wanted: int, cores: int | None = None) -> int:
     return max(1, min(wanted, cores))
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """(busy clock ticks of the whole machine, of this process) now: ``/proc/stat``'s user + nice + system + irq +
+    softirq, ``/proc/self/stat``'s utime + stime (every thread of this process)."""
+    with open("/proc/stat", encoding="ascii") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    with open("/proc/self/stat", encoding="ascii") as f:
+        own = f.read().rsplit(")", 1)[1].split()  # fields after the command name; utime, stime are fields 14, 15
+    return v[0] + v[1] + v[2] + v[5] + v[6], int(own[11]) + int(own[12])
+
+
+def others_busy(before: tuple[int, int], after: tuple[int, int], seconds: float, hz: int) -> float:
+    """Cores kept busy by other processes between two :func:`cpu_ticks`: ((A1 - A0) - (S1 - S0)) / hz / seconds,
+    A = the machine's busy ticks, S = this process's."""
+    return max(0.0, ((after[0] - before[0]) - (after[1] - before[1])) / hz / seconds)
+
+
 def other_cpu_load(window_s: float = 0.3) -> float | None:
-    """Cores kept busy by *other* processes over the next ``window_s`` seconds (Linux: all CPU time in
-    ``/proc/stat`` less this process's own in ``/proc/self/stat``); None where /proc is unavailable. Unlike the
-    load average it does not count this process's own recent work (a stage that just ran on two threads)."""
-
-    def sample() -> tuple[int, int]:
-        with open("/proc/stat", encoding="ascii") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        with open("/proc/self/stat", encoding="ascii") as f:
-            own = f.read().rsplit(")", 1)[1].split()
-        return v[0] + v[1] + v[2] + v[5] + v[6] + v[7], int(own[11]) + int(own[12])  # user nice system irq softirq steal
-
+    """Cores kept busy by *other* processes over the next ``window_s`` seconds (:func:`others_busy`); None where
+    /proc is unavailable. Unlike the load average it does not count this process's own recent work (a stage that
+    just ran on two threads)."""
     try:
-        (all0, own0), t0 = sample(), time.monotonic()
+        before, t0 = cpu_ticks(), time.monotonic()
         time.sleep(window_s)
-        (all1, own1), t1 = sample(), time.monotonic()
+        after, t1 = cpu_ticks(), time.monotonic()
     except (OSError, ValueError, IndexError):
         return None
-    return max(0.0, ((all1 - all0) - (own1 - own0)) / os.sysconf("SC_CLK_TCK") / (t1 - t0))
+    return others_busy(before, after, t1 - t0, os.sysconf("SC_CLK_TCK"))
 
 
 def busy_cores_warning(threads: int, cores: int, load: float) -> str | None:
     """A warning when ``threads`` torch threads (``threads`` > 1) will share the ``cores`` with other work (other
-    processes keep ``load`` cores busy, leaving fewer than ``threads`` idle), else None. Each matrix product then
+    processes keep ``load`` cores busy, leaving at most ``threads - 0.75`` idle), else None. Each matrix product then
     waits for its slowest thread, and a thread waiting for a core holds up every product: with one busy loop beside
     it, a 2-thread PPO stage on 2 cores ran several times slower than one thread (bench/bench_threads.py --load 1)."""
     idle = cores - load
-    if threads <= 1 or idle >= threads - 0.5:
+    if threads <= 1 or idle > threads - 0.75:  # short bursts (a browser drawing a cell) stay below the threshold
         return None
     return (f"torch will run {threads} threads, but other processes keep {load:.1f} of the {cores} cores busy: "
             f"threads that wait for a core can make the model several times slower than one thread. "
